@@ -1,0 +1,1 @@
+"""One module per ``nrd-bench`` sub-command; each exposes ``register(subparsers)``."""

@@ -1,0 +1,114 @@
+"""``nrd-bench cost``: params, MACs/FLOPs per level and optional latency of one model at one input size."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+import yaml
+
+from nrd import DECODERS, ENCODERS, create_model
+from nrd.cost import LEVELS, measure_cost, measure_latency
+from nrd.errors import InvalidHyperparameterError
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*[xX×,]\s*(\d+)\s*", text)
+    if not match or min(int(match[1]), int(match[2])) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size HxW such as 1024x2048")
+    return int(match[1]), int(match[2])
+
+
+def parse_key_value(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. dyn_channels=32)")
+    return key.strip(), yaml.safe_load(value)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model-defining flags shared by the commands that build a model."""
+    parser.add_argument("--decoder", default="nrd", help=f"one of: {', '.join(DECODERS)} (default: nrd)")
+    parser.add_argument(
+        "--encoder", default="resnet50_v1c", help=f"one of: {', '.join(ENCODERS)} (default: resnet50_v1c)"
+    )
+    parser.add_argument("--num-classes", type=int, default=19, help="number of classes K (default: 19)")
+    parser.add_argument(
+        "--output-stride", type=int, choices=(8, 16, 32), default=None,
+        help="encoder output stride (default: the decoder's own, 32; 8 for deeplabv3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--decoder-arg", dest="decoder_args", type=parse_key_value, action="append", default=[], metavar="KEY=VALUE",
+        help="decoder hyperparameter, repeatable (e.g. --decoder-arg dyn_channels=32 --decoder-arg patch_factor=16)",
+    )  # fmt: skip
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "cost",
+        help="params, GMACs/GFLOPs per level (and latency) of a model",
+        description=(
+            "Count parameters and multiply-accumulates per level (encoder, context, decoder, head, model) with "
+            "torch.utils.flop_counter at one input size; FLOPs = 2 x MACs. The auxiliary head is not counted."
+        ),
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--input", type=parse_size, default=(1024, 2048), metavar="HxW", help="default 1024x2048")
+    parser.add_argument("--batch-size", type=int, default=1, help="batch size of the counted input (default 1)")
+    parser.add_argument("--latency", action="store_true", help="also time every level (random input)")
+    parser.add_argument("--device", default="cpu", help="device for --latency (default cpu)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per level for --latency (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per level for --latency (default 2)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise InvalidHyperparameterError("nrd-bench cost", "--batch-size", args.batch_size, "a positive integer")
+    model = create_model(
+        args.decoder, args.encoder, args.num_classes, output_stride=args.output_stride, aux_head=False,
+        **dict(args.decoder_args),
+    )  # fmt: skip
+    shape = (args.batch_size, 3, *args.input)
+    report = measure_cost(model, shape)
+    result = report.to_dict()
+    if args.latency:
+        result["latency_ms"] = measure_latency(model, shape, LEVELS, args.device, args.warmup, args.repeats)
+        result["latency_device"] = args.device
+    result["model"] = {
+        "decoder": args.decoder,
+        "encoder": args.encoder,
+        "num_classes": args.num_classes,
+        "output_stride": model.encoder.output_stride,
+        "decoder_kwargs": dict(args.decoder_args),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def format_table(result: dict) -> str:
+    model = result["model"]
+    lines = [
+        f"{model['decoder']} decoder on {model['encoder']} (output stride {model['output_stride']}), "
+        f"K={model['num_classes']}, input {'x'.join(map(str, result['input']))}",
+        f"counter: {result['counter']}",
+    ]
+    latency = result.get("latency_ms", {})
+    header = f"{'level':<9}{'params (M)':>12}{'GMACs':>12}{'GFLOPs':>12}"
+    if latency:
+        header += f"{'p50 (ms)':>12}{'p90 (ms)':>12}"
+    lines += [header, "-" * len(header)]
+    for level in LEVELS:
+        row = f"{level:<9}{result['params_m'][level]:>12.3f}"
+        row += f"{result['gmacs'][level]:>12.2f}{result['gflops'][level]:>12.2f}"
+        if latency:
+            row += f"{latency[level]['p50']:>12.1f}{latency[level]['p90']:>12.1f}"
+        lines.append(row)
+    if latency:
+        lines.append(f"latency on {result['latency_device']}, {latency['model']['repeats']} timed runs per level")
+    return "\n".join(lines)
