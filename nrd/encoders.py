@@ -22,9 +22,7 @@ _STAGE_DILATIONS = {32: (1, 1, 1, 1), 16: (1, 1, 1, 2), 8: (1, 1, 2, 4)}
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(
-        in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
-    )
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
 
 
 class BasicBlock(nn.Module):
@@ -38,11 +36,10 @@ class BasicBlock(nn.Module):
         channels: int,
         stride: int = 1,
         dilation: int = 1,
-        first_dilation: int = 1,
         downsample: nn.Module | None = None,
     ):
         super().__init__()
-        self.conv1 = _conv3x3(in_channels, channels, stride, first_dilation)
+        self.conv1 = _conv3x3(in_channels, channels, stride, dilation)
         self.bn1 = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(channels, channels, 1, dilation)
@@ -67,11 +64,9 @@ class Bottleneck(nn.Module):
         channels: int,
         stride: int = 1,
         dilation: int = 1,
-        first_dilation: int = 1,
         downsample: nn.Module | None = None,
     ):
         super().__init__()
-        del first_dilation  # the bottleneck has a single 3×3 conv: it takes `dilation`
         self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = _conv3x3(channels, channels, stride, dilation)
@@ -154,9 +149,9 @@ class ResNet(nn.Module):
                 nn.BatchNorm2d(channels * block.expansion),
             )
         # The first block keeps the previous dilation (its 3×3 conv is where the stride used to be).
-        stage = [block(in_channels, channels, stride, previous_dilation, previous_dilation, downsample)]
+        stage = [block(in_channels, channels, stride, previous_dilation, downsample)]
         in_channels = channels * block.expansion
-        stage += [block(in_channels, channels, 1, dilation, dilation) for _ in range(1, blocks)]
+        stage += [block(in_channels, channels, 1, dilation) for _ in range(1, blocks)]
         return nn.Sequential(*stage)
 
     def _init_weights(self) -> None:
@@ -235,9 +230,7 @@ def _unwrap_state_dict(obj: object, path: str) -> Mapping[str, torch.Tensor]:
     raise WeightsMismatchError(f"{path}: expected a state dict (a mapping of parameter names to tensors)")
 
 
-def load_encoder_weights(
-    encoder: nn.Module, path: str | os.PathLike, strict: bool = True
-) -> dict[str, list[str]]:
+def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, list[str]]:
     """Load a local checkpoint in torchvision's key layout (``conv1.weight``, ``layer1.0.conv1.weight`` …; V1c nets
     use mmcv's ``stem.*`` names) into ``encoder``. The ImageNet classifier (``fc.*``) is ignored.
 
@@ -265,7 +258,7 @@ def load_encoder_weights(
         lines = [f"{path} does not match encoder {type(encoder).__name__}:"]
         for label, keys in report.items():
             if keys:
-                shown = ", ".join(keys[:20]) + (f", … ({len(keys)} in all)" if len(keys) > 20 else "")
+                shown = ", ".join(keys[:50]) + (f", … ({len(keys)} in all)" if len(keys) > 50 else "")
                 lines.append(f"  {label} ({len(keys)}): {shown}")
         raise WeightsMismatchError("\n".join(lines))
     loadable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}

@@ -8,9 +8,9 @@ import argparse
 import sys
 
 from nrd.errors import NRDBenchError
-from pipeline.commands import cost
+from pipeline.commands import cost, evaluate
 
-COMMANDS = (cost,)
+COMMANDS = (cost, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -100,9 +100,7 @@ class Decoder(nn.Module):
     def forward(self, features: list[torch.Tensor], output_size: tuple[int, int]) -> torch.Tensor:
         return self.decode(features, self.context(features[-1]), output_size)
 
-    def decode(
-        self, features: list[torch.Tensor], context: torch.Tensor, output_size: tuple[int, int]
-    ) -> torch.Tensor:
+    def decode(self, features: list[torch.Tensor], context: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
         raise NotImplementedError
 
 

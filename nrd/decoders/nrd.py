@@ -193,4 +193,3 @@ class NRDDecoder(Decoder):
             f"P={self.num_dynamic_params}, layers={self.layer_shapes}, patch_factor={self.patch_factor}, "
             f"guidance_stage={self.guidance_stage}, coord_mode={self.coord_mode!r}"
         )
-

@@ -1,0 +1,140 @@
+"""Cost accounting: per-level MACs against hand-derived formulas (the dynamic MLP must be counted), params, latency,
+and the `nrd-bench cost` command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nrd import create_model
+from nrd.cost import LEVELS, count_macs, count_params, measure_cost, measure_latency, time_call
+from pipeline.cli import main
+
+
+def nrd_decoder_macs(height, width, num_classes, context=512, controller=512, low=256, hidden=48, guidance=16, dyn=16):
+    """MACs after the context module, derived by hand from NRD_NOTES §2 (stride-32 context, stride-4 g_θ)."""
+    coarse = (height // 32) * (width // 32)
+    fine = (height // 4) * (width // 4)
+    params = (2 + guidance) * dyn + dyn + dyn * dyn + dyn + dyn * num_classes + num_classes
+    controller_macs = coarse * (context * controller * 9 + controller * params)
+    guidance_macs = fine * (low * hidden * 9 + hidden * guidance)
+    mlp_macs = fine * ((2 + guidance) * dyn + dyn * dyn + dyn * num_classes)  # the dynamic per-pixel MLP
+    return (controller_macs + guidance_macs + mlp_macs) / 1e9, mlp_macs / 1e9
+
+
+def deeplabv3plus_decoder_macs(height, width, num_classes, context=512, low=256, projected=48, channels=512):
+    fine = (height // 4) * (width // 4)
+    first = (context + projected) * 9 + (context + projected) * channels  # depthwise + pointwise
+    second = channels * 9 + channels * channels
+    return fine * (low * projected + first + second + channels * num_classes) / 1e9
+
+
+@pytest.fixture(scope="module")
+def r50_costs():
+    shape = (1, 3, 1024, 2048)
+    return {name: count_macs(create_model(name, "resnet50_v1c", 19, aux_head=False), shape)
+            for name in ("nrd", "deeplabv3plus")}  # fmt: skip
+
+
+def test_nrd_decoder_macs_match_the_hand_count_including_the_dynamic_mlp(r50_costs):
+    expected, mlp_only = nrd_decoder_macs(1024, 2048, 19)
+    assert r50_costs["nrd"]["decoder"] == pytest.approx(expected, rel=1e-9)
+    assert mlp_only > 0.1  # the dynamic MLP is ~0.11 GMACs here: leaving it out would break the equality above
+
+
+def test_deeplabv3plus_decoder_macs_match_the_hand_count(r50_costs):
+    assert r50_costs["deeplabv3plus"]["decoder"] == pytest.approx(deeplabv3plus_decoder_macs(1024, 2048, 19), rel=1e-9)
+
+
+def test_levels_add_up_and_the_decoder_ratio_is_the_papers(r50_costs):
+    for costs in r50_costs.values():
+        assert costs["head"] == pytest.approx(costs["context"] + costs["decoder"])
+        assert costs["model"] == pytest.approx(costs["encoder"] + costs["head"])
+    assert r50_costs["nrd"]["context"] == pytest.approx(r50_costs["deeplabv3plus"]["context"])  # shared module
+    ratio = r50_costs["nrd"]["decoder"] / r50_costs["deeplabv3plus"]["decoder"]
+    assert 0.25 <= ratio <= 0.30  # paper: ~30%; NRD_NOTES: 20.5 / 76 ≈ 0.27
+
+
+def test_cost_scales_with_pixels_and_batch():
+    model = create_model("nrd", "resnet18", 5, aux_head=False)
+    small = count_macs(model, (1, 3, 256, 512))
+    assert count_macs(model, (2, 3, 256, 512))["model"] == pytest.approx(2 * small["model"])
+    assert count_macs(model, (1, 3, 512, 1024))["encoder"] == pytest.approx(4 * small["encoder"], rel=1e-3)
+
+
+def test_params_per_level_exclude_the_aux_head():
+    with_aux = create_model("nrd", "resnet18", 5)
+    params = count_params(with_aux)
+    manual_decoder = sum(
+        p.numel() for name, p in with_aux.decoder.named_parameters() if not name.startswith("context.")
+    )
+    assert params["decoder"] * 1e6 == pytest.approx(manual_decoder)
+    aux = sum(p.numel() for p in with_aux.aux_head.parameters())
+    assert params["model"] * 1e6 == pytest.approx(sum(p.numel() for p in with_aux.parameters()) - aux)
+
+
+def test_counting_leaves_the_model_untouched():
+    model = create_model("bilinear", "resnet18", 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = measure_cost(model, (1, 3, 64, 64))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert next(model.parameters()).device.type == "cpu" and model.training
+    assert report.to_dict()["gflops"]["model"] == pytest.approx(2 * report.gmacs["model"])
+
+
+def test_latency_per_level():
+    model = create_model("nrd", "resnet18", 3)
+    latency = measure_latency(model, (1, 3, 64, 64), levels=("decoder", "model"), warmup=1, repeats=3)
+    assert set(latency) == {"decoder", "model"}
+    for figures in latency.values():
+        assert 0 < figures["p50"] <= figures["p90"] and figures["repeats"] == 3
+    with pytest.raises(ValueError, match="unknown cost levels"):
+        measure_latency(model, (1, 3, 64, 64), levels=("decodr",))
+
+
+def test_time_call_reports_percentiles_of_what_it_timed():
+    calls = []
+    figures = time_call(lambda: calls.append(1), warmup=2, repeats=5)
+    assert len(calls) == 7 and figures["p50"] <= figures["p90"]
+
+
+def test_cost_command_json(capsys):
+    assert main(["cost", "--decoder", "nrd", "--encoder", "resnet18", "--num-classes", "19", "--input", "256x512",
+                 "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["input"] == [1, 3, 256, 512]
+    assert result["convention"] == "MACs"
+    assert "flop_counter" in result["counter"]
+    assert set(result["gmacs"]) == set(LEVELS) == set(result["params_m"])
+    expected = count_macs(create_model("nrd", "resnet18", 19, aux_head=False), (1, 3, 256, 512))
+    assert result["gmacs"] == pytest.approx(expected)
+    assert result["gflops"]["model"] == pytest.approx(2 * expected["model"])
+
+
+def test_cost_command_table_with_latency_and_decoder_args(capsys):
+    args = ["cost", "--encoder", "resnet18", "--input", "64x64", "--latency", "--repeats", "2", "--warmup", "0",
+            "--decoder-arg", "dyn_channels=8", "--decoder-arg", "coord_mode=centred"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "input 1x3x64x64" in out and "GMACs" in out and "p50 (ms)" in out and "counter:" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--decoder", "nrdd"], "unknown decoder 'nrdd'"),
+        (["--decoder-arg", "patch_factor=12"], "patch_factor=12 is invalid"),
+        (["--decoder-arg", "dyn=4"], "unknown argument of decoder 'nrd' 'dyn'"),
+    ],
+)
+def test_cost_command_errors(capsys, args, message):
+    assert main(["cost", "--encoder", "resnet18", "--input", "64x64", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cost_command_rejects_a_bad_size(capsys):
+    with pytest.raises(SystemExit):
+        main(["cost", "--input", "64by64"])
+    assert "not a size HxW" in capsys.readouterr().err

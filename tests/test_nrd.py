@@ -1,0 +1,116 @@
+"""NRD specifics: the batched dynamic MLP against a plain per-patch loop, parameter count, init, coordinates."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from nrd import create_model
+from nrd.decoders.nrd import NRDDecoder, dynamic_mlp, mlp_layer_shapes, patch_coordinates
+
+
+def reference_dynamic_mlp(inputs, params, in_channels, hidden, num_classes, layers, factor):
+    """Plain loop: for every coarse cell, rebuild its MLP from the flat parameter vector (layout w0, b0, w1, b1, …,
+    weights output-major) and apply it to each pixel of its f×f patch, one pixel at a time."""
+    batch, _, height, width = inputs.shape
+    widths = [in_channels] + [hidden] * (layers - 1) + [num_classes]
+    output = torch.zeros(batch, num_classes, height, width, dtype=inputs.dtype)
+    for b in range(batch):
+        for i in range(height // factor):
+            for j in range(width // factor):
+                vector = params[b, :, i, j]
+                weights, offset = [], 0
+                for n_in, n_out in itertools.pairwise(widths):
+                    w = torch.stack([vector[offset + o * n_in : offset + (o + 1) * n_in] for o in range(n_out)])
+                    offset += n_in * n_out
+                    weights.append((w, vector[offset : offset + n_out]))
+                    offset += n_out
+                assert offset == params.shape[1]
+                for y in range(i * factor, (i + 1) * factor):
+                    for x in range(j * factor, (j + 1) * factor):
+                        value = inputs[b, :, y, x]
+                        for index, (w, bias) in enumerate(weights):
+                            value = w @ value + bias
+                            if index < len(weights) - 1:
+                                value = value.clamp(min=0)
+                        output[b, :, y, x] = value
+    return output
+
+
+@pytest.mark.parametrize(("layers", "factor", "num_classes"), [(2, 4, 3), (3, 8, 5), (4, 2, 7)])
+def test_batched_dynamic_mlp_equals_per_patch_loop(layers, factor, num_classes):
+    torch.manual_seed(0)
+    in_channels, hidden = 6, 5
+    shapes = mlp_layer_shapes(in_channels, hidden, num_classes, layers)
+    num_params = sum(o * (i + 1) for o, i in shapes)
+    params = 0.3 * torch.randn(2, num_params, 3, 2)  # generated weights are small (scaled init)
+    inputs = torch.randn(2, in_channels, 3 * factor, 2 * factor)
+    fast = dynamic_mlp(inputs, params, shapes)
+    slow = reference_dynamic_mlp(inputs, params, in_channels, hidden, num_classes, layers, factor)
+    assert fast.shape == slow.shape
+    assert (fast - slow).abs().max().item() <= 1e-5
+
+
+def test_nrd_decoder_equals_per_patch_reference_end_to_end():
+    torch.manual_seed(1)
+    model = create_model("nrd", "resnet18", 4, aux_head=False).eval()
+    decoder: NRDDecoder = model.decoder
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        features = model.encoder(images)
+        context = decoder.context(features[-1])
+        params = decoder.controller(context)
+        inputs = decoder.mlp_inputs(features, context.shape[-2:])
+        reference = reference_dynamic_mlp(inputs, params, 18, 16, 4, 3, 8)
+        reference = torch.nn.functional.interpolate(reference, size=(64, 96), mode="bilinear", align_corners=False)
+        assert (model(images) - reference).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize(("num_classes", "expected"), [(19, 899), (150, 3126), (60, 1596), (59, 1579)])
+def test_parameters_per_location_for_the_defaults(num_classes, expected):
+    decoder = create_model("nrd", "resnet18", num_classes).decoder
+    assert decoder.num_dynamic_params == expected == 576 + 17 * num_classes
+    assert decoder.controller[-1].out_channels == expected
+
+
+def test_controller_starts_tiny():
+    torch.manual_seed(0)
+    generator = create_model("nrd", "resnet50_v1c", 19).decoder.controller[-1]
+    fan_in, fan_out = generator.weight.shape[1], generator.weight.shape[0]
+    xavier_std = math.sqrt(2.0 / (fan_in + fan_out))
+    assert generator.weight.std().item() == pytest.approx(xavier_std / 899, rel=0.02)
+    assert torch.count_nonzero(generator.bias) == 0
+
+
+def test_patch_coordinates():
+    top_left = patch_coordinates(16, 24, 8, "topleft", torch.device("cpu"), torch.float32)
+    assert top_left.shape == (2, 16, 24)
+    assert torch.equal(top_left[0, 3, :8], torch.arange(8) / 8)  # x first, along the width
+    assert torch.equal(top_left[1, :8, 5], torch.arange(8) / 8)  # then y, along the height
+    assert torch.equal(top_left[:, :8, :8], top_left[:, 8:, 16:])  # the same in every patch
+    centred = patch_coordinates(16, 24, 8, "centred", torch.device("cpu"), torch.float32)
+    assert torch.allclose(centred[:, :8, :8].mean(dim=(1, 2)), torch.zeros(2), atol=1e-7)
+    assert torch.allclose(centred[0, 0, :8], (torch.arange(8) + 0.5) / 8 - 0.5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "mlp_stride"),
+    [({"patch_factor": 16}, 2), ({"patch_factor": 32}, 1), ({"guidance_stage": 2}, 4), ({"mlp_layers": 2}, 4)],
+)
+def test_hyperparameter_variants_run(kwargs, mlp_stride):
+    model = create_model("nrd", "resnet18", 3, aux_head=False, coord_mode="centred", **kwargs).eval()
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        features = model.encoder(images)
+        inputs = model.decoder.mlp_inputs(features, features[-1].shape[-2:])
+        assert inputs.shape[-2:] == (64 // mlp_stride, 64 // mlp_stride)
+        assert model(images).shape == (1, 3, 64, 64)
+
+
+def test_patch_factor_must_divide_a_dilated_encoder_stride():
+    create_model("nrd", "resnet18", 3, output_stride=16, patch_factor=16)
+    with pytest.raises(ValueError, match="patch_factor=32"):
+        create_model("nrd", "resnet18", 3, output_stride=16, patch_factor=32)
