@@ -8,9 +8,9 @@ import argparse
 import sys
 
 from nrd.errors import NRDBenchError
-from pipeline.commands import cost, evaluate
+from pipeline.commands import cost, evaluate, prepare
 
-COMMANDS = (cost, evaluate)
+COMMANDS = (cost, evaluate, prepare)
 
 
 def build_parser() -> argparse.ArgumentParser:

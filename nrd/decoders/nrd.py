@@ -44,8 +44,9 @@ def dynamic_mlp(inputs: torch.Tensor, params: torch.Tensor, layer_shapes: list[t
     """Apply each coarse location's MLP to its own patch of ``inputs``.
 
     inputs: (B, C, h·f, w·f) per-pixel MLP inputs; params: (B, P, h, w) generated parameters. Returns
-    (B, K, h·f, w·f). Each location's f×f pixels are gathered into one (f², C) matrix and multiplied by that
-    location's weights with batched matmuls: the up-sampled (B, P, h·f, w·f) parameter maps are never built.
+    (B, K, h·f, w·f). Each location's f×f pixels are gathered into one (C, f²) matrix and multiplied by that
+    location's (out, in) weights with batched matmuls: the up-sampled (B, P, h·f, w·f) parameter maps are never built,
+    and the weights are used in place (row-major slices of the parameter vector, no copy).
     """
     batch, channels, height, width = inputs.shape
     coarse_h, coarse_w = params.shape[-2:]
@@ -54,20 +55,20 @@ def dynamic_mlp(inputs: torch.Tensor, params: torch.Tensor, layer_shapes: list[t
         raise ValueError(f"inputs {tuple(inputs.shape)} are not a whole number of patches of params {params.shape}")
     patches = (
         inputs.reshape(batch, channels, coarse_h, factor, coarse_w, factor)
-        .permute(0, 2, 4, 3, 5, 1)
-        .reshape(batch * coarse_h * coarse_w, factor * factor, channels)
+        .permute(0, 2, 4, 1, 3, 5)
+        .reshape(batch * coarse_h * coarse_w, channels, factor * factor)
     )
     per_location = params.permute(0, 2, 3, 1).reshape(batch * coarse_h * coarse_w, -1)
     layers = split_dynamic_params(per_location, layer_shapes)
     hidden = patches
     for index, (weight, bias) in enumerate(layers):
-        hidden = torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2))
+        hidden = torch.baddbmm(bias.unsqueeze(-1), weight, hidden)
         if index < len(layers) - 1:
             hidden = torch.relu(hidden)
-    classes = hidden.shape[-1]
+    classes = hidden.shape[1]
     return (
-        hidden.reshape(batch, coarse_h, coarse_w, factor, factor, classes)
-        .permute(0, 5, 1, 3, 2, 4)
+        hidden.reshape(batch, coarse_h, coarse_w, classes, factor, factor)
+        .permute(0, 3, 1, 4, 2, 5)
         .reshape(batch, classes, height, width)
     )
 
