@@ -45,8 +45,9 @@ def dynamic_mlp(inputs: torch.Tensor, params: torch.Tensor, layer_shapes: list[t
 
     inputs: (B, C, h·f, w·f) per-pixel MLP inputs; params: (B, P, h, w) generated parameters. Returns
     (B, K, h·f, w·f). Each location's f×f pixels are gathered into one (C, f²) matrix and multiplied by that
-    location's (out, in) weights with batched matmuls: the up-sampled (B, P, h·f, w·f) parameter maps are never built,
-    and the weights are used in place (row-major slices of the parameter vector, no copy).
+    location's (out, in) weights with batched matmuls: the up-sampled (B, P, h·f, w·f) parameter maps are never built.
+    Each layer's weights are made contiguous first (a copy of N·out·in values): CPU bmm is ~8× slower on slices
+    strided by P.
     """
     batch, channels, height, width = inputs.shape
     coarse_h, coarse_w = params.shape[-2:]
@@ -62,7 +63,7 @@ def dynamic_mlp(inputs: torch.Tensor, params: torch.Tensor, layer_shapes: list[t
     layers = split_dynamic_params(per_location, layer_shapes)
     hidden = patches
     for index, (weight, bias) in enumerate(layers):
-        hidden = torch.baddbmm(bias.unsqueeze(-1), weight, hidden)
+        hidden = torch.bmm(weight.contiguous(), hidden) + bias.unsqueeze(-1)
         if index < len(layers) - 1:
             hidden = torch.relu(hidden)
     classes = hidden.shape[1]
