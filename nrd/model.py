@@ -26,8 +26,8 @@ class SegmentationModel(nn.Module):
     """Encoder → decoder (context module + up-sampling decoder) → logits (B, K, H, W) at the input's size.
 
     Inputs of any height and width work: they are zero-padded at the bottom/right to a multiple of 32 and the logits
-    are cropped back. ``forward_with_aux`` also returns the auxiliary FCN head's logits (on encoder stage 3) for
-    training; the plain ``forward`` (inference, cost accounting) never runs the auxiliary head.
+    are cropped back. ``forward(images, with_aux=True)`` (or ``forward_with_aux``) also returns the auxiliary FCN
+    head's logits (on encoder stage 3) for training; the plain forward (inference, cost) never runs the aux head.
     """
 
     def __init__(self, encoder: ResNet, decoder: Decoder, aux_head: FCNAuxHead | None = None):
@@ -42,11 +42,15 @@ class SegmentationModel(nn.Module):
         pad_h, pad_w = -height % SIZE_DIVISOR, -width % SIZE_DIVISOR
         return F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
 
-    def forward_with_aux(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, images: torch.Tensor, with_aux: bool = False):
+        """Logits (B, K, H, W); with ``with_aux`` the pair (logits, auxiliary logits or None), so that a
+        DistributedDataParallel wrapper sees the auxiliary head in the same forward call."""
         height, width = images.shape[-2:]
         padded = self.pad(images)
         features = self.encoder(padded)
         logits = self.decoder(features, padded.shape[-2:])[..., :height, :width]
+        if not with_aux:
+            return logits
         aux_logits = None
         if self.aux_head is not None:
             aux_logits = self.aux_head(features[2])
@@ -54,10 +58,8 @@ class SegmentationModel(nn.Module):
             aux_logits = aux_logits[..., :height, :width]
         return logits, aux_logits
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        height, width = images.shape[-2:]
-        padded = self.pad(images)
-        return self.decoder(self.encoder(padded), padded.shape[-2:])[..., :height, :width]
+    def forward_with_aux(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.forward(images, with_aux=True)
 
 
 def decoder_arguments(decoder: str) -> list[str]:

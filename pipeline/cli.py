@@ -8,9 +8,9 @@ import argparse
 import sys
 
 from nrd.errors import NRDBenchError
-from pipeline.commands import cost, evaluate, prepare
+from pipeline.commands import cost, evaluate, prepare, replay, train
 
-COMMANDS = (cost, evaluate, prepare)
+COMMANDS = (cost, evaluate, prepare, replay, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,112 @@
+"""``nrd-bench train``: train any create_model model on prepared shards with Ray Train, tracked in MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipeline.commands.cost import parse_key_value, parse_size
+from pipeline.config import TrainConfig, load_yaml, merge
+
+# flag dest → (config section, key)
+FLAG_KEYS = {
+    "dataset_dir": ("data", "dataset_dir"),
+    "crop_size": ("data", "crop_size"),
+    "val_limit": ("data", "val_limit"),
+    "decoder": ("model", "decoder"),
+    "encoder": ("model", "encoder"),
+    "num_classes": ("model", "num_classes"),
+    "output_stride": ("model", "output_stride"),
+    "iterations": ("schedule", "iterations"),
+    "batch_size": ("schedule", "batch_size"),
+    "lr": ("schedule", "lr"),
+    "warmup_iterations": ("schedule", "warmup_iterations"),
+    "aux_weight": ("schedule", "aux_weight"),
+    "log_interval": ("schedule", "log_interval"),
+    "eval_interval": ("schedule", "eval_interval"),
+    "checkpoint_interval": ("schedule", "checkpoint_interval"),
+    "seed": ("schedule", "seed"),
+    "workers": ("scaling", "workers"),
+    "gpus_per_worker": ("scaling", "gpus_per_worker"),
+    "cpus_per_worker": ("scaling", "cpus_per_worker"),
+    "storage_path": ("run", "storage_path"),
+    "name": ("run", "name"),
+    "max_failures": ("run", "max_failures"),
+    "tracking_uri": ("run", "tracking_uri"),
+    "experiment": ("run", "experiment"),
+}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model on prepared shards (Ray Train + Ray Data, tracked in MLflow)",
+        description=(
+            "Train with Ray Train on the shards written by `nrd-bench prepare`. Settings come from --config (YAML with "
+            "sections model, data, schedule, scaling, run) and the flags below, which override it. Without --address "
+            "a local Ray starts. Re-running the same command (same --storage-path and --name) resumes from the last "
+            "checkpoint and logs into the same MLflow run."
+        ),
+    )
+    parser.add_argument("--config", help="YAML file with sections model, data, schedule, scaling, run")
+    parser.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset-dir", help="output folder (or URI) of nrd-bench prepare")
+    group.add_argument("--crop-size", type=parse_size, metavar="HxW", help="training crop (default: dataset preset)")
+    group.add_argument("--val-limit", type=int, help="evaluate on the first N val samples only")
+    group = parser.add_argument_group("model")
+    group.add_argument("--decoder", help="decoder name (default nrd)")
+    group.add_argument("--encoder", help="encoder name (default resnet50_v1c)")
+    group.add_argument("--num-classes", type=int, help="default: from the prepared data set")
+    group.add_argument("--output-stride", type=int, choices=(8, 16, 32))
+    group.add_argument(
+        "--decoder-arg", dest="decoder_args", type=parse_key_value, action="append", default=[], metavar="KEY=VALUE",
+        help="decoder hyperparameter, repeatable (e.g. --decoder-arg dyn_channels=32)",
+    )  # fmt: skip
+    group = parser.add_argument_group("schedule")
+    group.add_argument("--iterations", type=int)
+    group.add_argument("--batch-size", type=int, help="global batch size (split evenly over the workers)")
+    group.add_argument("--lr", type=float)
+    group.add_argument("--warmup-iterations", type=int)
+    group.add_argument("--aux-weight", type=float)
+    group.add_argument("--log-interval", type=int)
+    group.add_argument("--eval-interval", type=int)
+    group.add_argument("--checkpoint-interval", type=int)
+    group.add_argument("--seed", type=int)
+    group = parser.add_argument_group("scaling")
+    group.add_argument("--workers", type=int, help="Ray Train workers (default 1)")
+    group.add_argument("--gpus-per-worker", type=float, help="0 (default) trains on CPU with gloo")
+    group.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (default 1)")
+    group = parser.add_argument_group("run")
+    group.add_argument("--storage-path", help="where checkpoints and results go (default ./results)")
+    group.add_argument("--name", help="run name (default: DATASET-DECODER-ENCODER); the same name resumes")
+    group.add_argument("--max-failures", type=int, help="worker/node failures to recover from (-1: no limit)")
+    group.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite)")
+    group.add_argument("--experiment", help="MLflow experiment (default nrd-bench)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.set_defaults(handler=run)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    base = load_yaml(args.config) if args.config else {}
+    overrides: dict[str, dict] = {}
+    for dest, (section, key) in FLAG_KEYS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            overrides.setdefault(section, {})[key] = list(value) if isinstance(value, tuple) else value
+    if args.decoder_args:
+        overrides.setdefault("model", {})["decoder_kwargs"] = dict(args.decoder_args)
+    return TrainConfig.from_dict(merge(base, overrides), source=args.config or "command line")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.train import resolve, train
+
+    config = config_from_args(args)
+    if args.dry_run:
+        print(json.dumps(resolve(config)[0].to_dict(), indent=2))
+        return 0
+
+    result = train(config, address=args.address)
+    print(json.dumps({"run_id": result["run_id"], "directory": result["directory"], **result["metrics"]}, default=str))
+    return 0

@@ -1,0 +1,232 @@
+"""The resolved configuration of a training run: frozen dataclasses, read from YAML and/or CLI flags in one place.
+
+``TrainConfig.from_dict`` validates every key and value before anything starts (unknown keys name the closest valid
+one and the file they came from); ``to_dict`` is what gets written beside every result and logged as MLflow params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nrd import ModelConfig
+from nrd.errors import InvalidHyperparameterError, NRDBenchError, UnknownNameError
+
+
+class ConfigError(NRDBenchError, ValueError):
+    """A configuration that cannot work: the message names the file/key at fault and what was expected."""
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Where the prepared shards are (``nrd-bench prepare`` output: a local folder or a URI pyarrow reads) and the
+    training augmentation. ``crop_size``/``base_scale`` default to the dataset's preset (nrd.data.transforms)."""
+
+    dataset_dir: str = ""
+    crop_size: tuple[int, int] | None = None
+    base_scale: tuple[int, int] | None = None
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
+    photometric: bool = True
+    val_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """The official iteration-based schedule: SGD with momentum, linear warm-up from ``warmup_ratio``·lr, then poly
+    decay with ``power`` down to ``min_lr``. ``batch_size`` is global: each of W workers takes batch_size / W."""
+
+    iterations: int = 80000
+    batch_size: int = 16
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_iterations: int = 0
+    warmup_ratio: float = 0.01
+    power: float = 0.9
+    min_lr: float = 1e-4
+    aux_weight: float = 0.4
+    log_interval: int = 10
+    eval_interval: int = 8000
+    checkpoint_interval: int = 8000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScalingSettings:
+    """Ray Train workers. On CPU a worker takes ``cpus_per_worker`` (fractional leaves room for Ray Data)."""
+
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Where results go and how they are tracked. Re-running with the same ``storage_path`` and ``name`` resumes."""
+
+    storage_path: str = "results"
+    name: str = ""
+    max_failures: int = 0
+    tracking_uri: str | None = None
+    experiment: str = "nrd-bench"
+
+
+FROM_DATA = 0  # model.num_classes when not given: taken from the prepared data set's manifest
+SECTIONS = {"data": DataSettings, "schedule": ScheduleSettings, "scaling": ScalingSettings, "run": RunSettings}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (model, data, schedule, scaling, run)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataSettings = field(default_factory=DataSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    @property
+    def per_worker_batch_size(self) -> int:
+        return self.schedule.batch_size // self.scaling.workers
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_dict(),
+            **{name: _plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS},
+        }
+
+    def flat_params(self) -> dict[str, str]:
+        """``section.key`` → value strings, for MLflow params."""
+        flat = {}
+        for section, values in self.to_dict().items():
+            for key, value in values.items():
+                if isinstance(value, dict):
+                    flat.update({f"{section}.{key}.{k}": str(v) for k, v in value.items()})
+                else:
+                    flat[f"{section}.{key}"] = str(value)
+        return flat
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> TrainConfig:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: expected a mapping with sections model, {', '.join(SECTIONS)}")
+        valid = ["model", *SECTIONS]
+        for key in data:
+            if key not in valid:
+                raise UnknownNameError(f"section in {source}", key, valid)
+        model_values = {"num_classes": FROM_DATA, **(data.get("model") or {})}
+        model = ModelConfig.from_dict(model_values, source=f"{source}: model")
+        sections = {name: _section(kind, data.get(name) or {}, f"{source}: {name}") for name, kind in SECTIONS.items()}
+        config = cls(model=model, **sections)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "config") -> None:
+        """Checks that need no cluster and no data: positive sizes, divisible batch, sane schedule."""
+        schedule, scaling = self.schedule, self.scaling
+        for name in ("iterations", "batch_size", "log_interval", "eval_interval", "checkpoint_interval"):
+            _require(getattr(schedule, name) >= 1, source, f"schedule.{name}", getattr(schedule, name), ">= 1")
+        _require(schedule.warmup_iterations >= 0, source, "schedule.warmup_iterations", schedule.warmup_iterations,
+                 ">= 0")  # fmt: skip
+        _require(schedule.lr > 0, source, "schedule.lr", schedule.lr, "> 0")
+        _require(0 <= schedule.min_lr <= schedule.lr, source, "schedule.min_lr", schedule.min_lr, "in [0, lr]")
+        _require(scaling.workers >= 1, source, "scaling.workers", scaling.workers, ">= 1")
+        _require(scaling.cpus_per_worker > 0, source, "scaling.cpus_per_worker", scaling.cpus_per_worker, "> 0")
+        _require(scaling.gpus_per_worker >= 0, source, "scaling.gpus_per_worker", scaling.gpus_per_worker, ">= 0")
+        if schedule.batch_size % scaling.workers:
+            raise ConfigError(
+                f"{source}: schedule.batch_size={schedule.batch_size} is not divisible by scaling.workers="
+                f"{scaling.workers}; the global batch is fixed, so each worker must take batch_size / workers"
+            )
+        if not self.data.dataset_dir:
+            raise ConfigError(f"{source}: data.dataset_dir is empty; expected the output folder of nrd-bench prepare")
+        _require(self.run.max_failures >= -1, source, "run.max_failures", self.run.max_failures, ">= -1 (-1: no limit)")
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML mapping from ``path`` (safe loader); errors name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied section by section (nested mappings merged, other values replaced)."""
+    result = {key: dict(value) if isinstance(value, Mapping) else value for key, value in base.items()}
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), dict):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def _section(kind, values: Mapping[str, Any], source: str):
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    for key in values:
+        if key not in fields:
+            raise UnknownNameError(f"key in {source}", key, fields)
+    converted = {}
+    for key, value in values.items():
+        default = fields[key].default
+        try:
+            converted[key] = _convert(value, default)
+        except (TypeError, ValueError):
+            expected = type(default).__name__ if default is not None else "a value of the documented type"
+            raise ConfigError(f"{source}: {key}={value!r} has the wrong type; expected {expected}") from None
+    return kind(**converted)
+
+
+def _convert(value: Any, default: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise TypeError
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _require(ok: bool, source: str, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise InvalidHyperparameterError(source, key, value, expected)
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}

@@ -1,0 +1,512 @@
+"""``nrd-bench train``: Ray Train (DDP over gloo on CPU, NCCL on GPU) fed by Ray Data, tracked in MLflow.
+
+The driver validates the config, starts or connects to Ray, creates (or finds again) the MLflow run, builds the Ray
+Data pipelines (Parquet shards → decode → augment, in Ray Data's CPU tasks) and runs a ``TorchTrainer``. Workers run
+``train_loop``: the official iteration schedule, periodic evaluation with dataset-level metrics summed across
+workers, and checkpoints holding the full state, reported through ``ray.train.report``. A restarted attempt (worker
+or node failure, or the same command run again) resumes from ``ray.train.get_checkpoint()`` and logs into the same
+MLflow run without repeating a metric step.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import random
+import secrets
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from nrd.cost import count_macs, count_params, measure_latency
+from nrd.data import read_manifest
+from nrd.data.base import decode_image, decode_label
+from nrd.data.transforms import TRAIN_PRESETS, TrainTransform, TrainTransformConfig, ValTransform
+from nrd.metrics import SegmentationMetrics
+from pipeline.config import FROM_DATA, ConfigError, TrainConfig
+
+CHECKPOINT_STATE = "state.pt"
+CHECKPOINT_WEIGHTS = "model.pt"
+RUN_RECORD = "mlflow_run.json"
+FINISHED_MARKER = "FINISHED"
+PREDICTION_SAMPLES = 4
+
+
+# --------------------------------------------------------------------------------------------------- data (Ray Data)
+def transform_config(config: TrainConfig, manifest: dict) -> TrainTransformConfig:
+    """The training augmentation: the dataset's preset, overridden by whatever ``data`` sets."""
+    data = config.data
+    preset = TRAIN_PRESETS.get(manifest["dataset"], TRAIN_PRESETS["synthetic"])
+    return TrainTransformConfig(
+        base_scale=data.base_scale or preset.base_scale,
+        crop_size=data.crop_size or preset.crop_size,
+        ratio_range=data.ratio_range,
+        cat_max_ratio=data.cat_max_ratio,
+        photometric=data.photometric,
+        ignore_index=manifest["ignore_index"],
+    )
+
+
+def decode_augment(batch: dict[str, np.ndarray], transform: TrainTransformConfig, seed: int) -> dict[str, np.ndarray]:
+    """Ray Data batch function: encoded rows → augmented (B, 3, h, w) float32 images and (B, h, w) int64 labels.
+
+    Every row gets its own generator from (seed, crc32(id), fresh entropy): draws differ from pass to pass (each
+    epoch sees new augmentations) as Ray Data's streaming order does; the model, schedule and evaluation are seeded.
+    """
+    apply = TrainTransform(transform)
+    images, labels = [], []
+    for sample_id, image_bytes, label_bytes in zip(batch["id"], batch["image"], batch["label"], strict=True):
+        rng = np.random.default_rng([seed, zlib.crc32(str(sample_id).encode()), secrets.randbits(32)])
+        image, label = apply(decode_image(image_bytes, sample_id), decode_label(label_bytes, sample_id), rng)
+        images.append(image.numpy())
+        labels.append(label.numpy())
+    return {"image": np.stack(images), "label": np.stack(labels)}
+
+
+def decode_val(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ray Data batch function for evaluation (batch size 1: sizes may differ): normalised image, untouched label."""
+    normalise = ValTransform()
+    image, label = normalise(decode_image(batch["image"][0], batch["id"][0]), decode_label(batch["label"][0]))
+    return {"image": image.numpy()[None], "label": label.numpy()[None]}
+
+
+def shard_files(dataset_dir: str, manifest: dict, split: str) -> list[str]:
+    if split not in manifest["splits"]:
+        raise ConfigError(
+            f"{dataset_dir}: the prepared data set has no {split!r} split (has {list(manifest['splits'])})"
+        )
+    return [f"{dataset_dir.rstrip('/')}/{record['file']}" for record in manifest["splits"][split]["shards"]]
+
+
+def build_datasets(config: TrainConfig, manifest: dict) -> dict[str, Any]:
+    import ray.data
+
+    transform = transform_config(config, manifest)
+    directory = config.data.dataset_dir
+    train = ray.data.read_parquet(shard_files(directory, manifest, "train")).map_batches(
+        decode_augment, batch_size=4, fn_kwargs={"transform": transform, "seed": config.schedule.seed}
+    )
+    val = ray.data.read_parquet(shard_files(directory, manifest, "val"))
+    if config.data.val_limit:
+        val = val.limit(config.data.val_limit)
+    return {"train": train, "val": val.map_batches(decode_val, batch_size=1)}
+
+
+# ------------------------------------------------------------------------------------------------ schedule and state
+def learning_rate(iteration: int, schedule) -> float:
+    """Linear warm-up from warmup_ratio·lr to lr over warmup_iterations, then poly(power) decay to min_lr."""
+    if iteration < schedule.warmup_iterations:
+        progress = iteration / schedule.warmup_iterations
+        return schedule.lr * (schedule.warmup_ratio + (1 - schedule.warmup_ratio) * progress)
+    progress = min(1.0, iteration / schedule.iterations)
+    return (schedule.lr - schedule.min_lr) * (1 - progress) ** schedule.power + schedule.min_lr
+
+
+def rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+# ------------------------------------------------------------------------------------------------- worker loop
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def evaluate(model, val_shard, num_classes: int, ignore_index: int, device, use_amp: bool, keep: int = 0):
+    """Dataset-level metrics over this worker's val shard, summed across workers; also the first ``keep``
+    (image, label, prediction) triples of this worker for pictures."""
+    import torch.distributed as dist
+
+    metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index, device=device)
+    examples = []
+    network = unwrap(model)
+    was_training = network.training
+    network.eval()
+    with torch.inference_mode():
+        for batch in val_shard.iter_torch_batches(batch_size=1, device=device):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = network(batch["image"])
+            prediction = logits.argmax(1)
+            metrics.update(prediction, batch["label"])
+            if len(examples) < keep:
+                examples.append((batch["image"][0].cpu(), batch["label"][0].cpu(), prediction[0].cpu()))
+    network.train(was_training)
+    if dist.is_available() and dist.is_initialized():
+        for tensor in metrics.state().values():
+            dist.all_reduce(tensor)
+    return metrics, examples
+
+
+def colourise(label: np.ndarray, palette: list[list[int]], ignore_index: int) -> np.ndarray:
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    colours[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    colours[ignore_index] = (0, 0, 0)
+    return colours[label]
+
+
+def prediction_figure(image: torch.Tensor, label: torch.Tensor, prediction: torch.Tensor, manifest: dict) -> bytes:
+    """PNG with the (de-normalised) image, the colour-coded label and the colour-coded prediction side by side."""
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+    rgb = (image.float() * std + mean).clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    palette, ignore = manifest["palette"], manifest["ignore_index"]
+    panels = [rgb, colourise(label.numpy().astype(np.uint8), palette, ignore),
+              colourise(prediction.numpy().astype(np.uint8), palette, ignore)]  # fmt: skip
+    buffer = io.BytesIO()
+    Image.fromarray(np.concatenate(panels, axis=1)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker. ``loop_config``: the resolved config dict, the manifest, the MLflow run."""
+    import ray.train
+    import ray.train.torch
+
+    from pipeline.tracking import RunLogger
+
+    config = TrainConfig.from_dict(loop_config["config"], source="train loop config")
+    manifest = loop_config["manifest"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    use_amp = device.type == "cuda"
+    schedule = config.schedule
+
+    seed_everything(schedule.seed)
+    model = config.model.build()
+    if use_amp:
+        model = model.to(memory_format=torch.channels_last)
+        if world > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay
+    )
+    iteration = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / CHECKPOINT_STATE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        iteration = state["iteration"]
+        if rank == 0:
+            restore_rng_state(state["rng"])
+        print(f"[rank {rank}] resumed from checkpoint at iteration {iteration}", flush=True)
+    if rank != 0 or not checkpoint:
+        seed_everything(schedule.seed * 1009 + rank * 7919 + iteration)
+    model = ray.train.torch.prepare_model(model)
+
+    logger = None
+    if rank == 0:
+        logger = RunLogger(loop_config["tracking_uri"], loop_config["run_id"], loop_config["buffer_path"])
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    batch_size = config.per_worker_batch_size
+    ignore_index = manifest["ignore_index"]
+    num_classes = manifest["num_classes"]
+    criterion = torch.nn.CrossEntropyLoss(ignore_index=ignore_index)
+
+    window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+    started = time.perf_counter()
+    start_iteration = iteration
+    model.train()
+    while iteration < schedule.iterations:
+        for batch in train_shard.iter_torch_batches(batch_size=batch_size, drop_last=True, device=device):
+            if iteration >= schedule.iterations:
+                break
+            lr = learning_rate(iteration, schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images, labels = batch["image"], batch["label"]
+            if use_amp:
+                images = images.to(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits, aux_logits = model(images, with_aux=True)
+                loss = criterion(logits.float(), labels)
+                if aux_logits is not None and schedule.aux_weight > 0:
+                    loss = loss + schedule.aux_weight * criterion(aux_logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            iteration += 1
+            window_loss += loss.item()
+            window_images += images.shape[0] * world
+
+            metrics: dict[str, float] = {}
+            if iteration % schedule.log_interval == 0 or iteration == schedule.iterations:
+                elapsed = time.perf_counter() - window_start
+                steps = (
+                    schedule.log_interval
+                    if iteration % schedule.log_interval == 0
+                    else iteration % schedule.log_interval
+                )
+                metrics = {"loss": window_loss / steps, "lr": lr, "images_per_s": window_images / elapsed}
+                done = iteration - start_iteration
+                eta = (time.perf_counter() - started) / done * (schedule.iterations - iteration)
+                if rank == 0:
+                    print(
+                        f"iter {iteration}/{schedule.iterations}  loss {metrics['loss']:.4f}  lr {lr:.2e}  "
+                        f"{metrics['images_per_s']:.1f} img/s  ETA {eta:.0f}s",
+                        flush=True,
+                    )
+                window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+            final = iteration == schedule.iterations
+            examples = []
+            if iteration % schedule.eval_interval == 0 or final:
+                keep = PREDICTION_SAMPLES if final and rank == 0 else 0
+                results, examples = evaluate(model, val_shard, num_classes, ignore_index, device, use_amp, keep)
+                values = results.compute()
+                metrics |= {key: values[key] for key in ("mIoU", "aAcc", "mAcc", "mDice", "mBIoU")}
+                metrics |= {f"trimap_mIoU_{width}px": value for width, value in values["trimap_mIoU"].items()}
+                if rank == 0:
+                    print(f"iter {iteration}: val mIoU {values['mIoU']:.2f}  aAcc {values['aAcc']:.2f}", flush=True)
+            if logger and metrics:
+                logger.log_metrics({k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}, iteration)
+            if iteration % schedule.checkpoint_interval == 0 or final:
+                report_checkpoint(model, optimizer, iteration, metrics, rank)
+            if final and rank == 0:
+                finish(logger, model, values, examples, manifest, config, device)
+    if logger:
+        logger.close()
+
+
+def report_checkpoint(model, optimizer, iteration: int, metrics: dict, rank: int) -> None:
+    """Every worker reports (Ray needs the same number of reports from each); only rank 0 writes the files."""
+    import ray.train
+
+    reported = {"iteration": iteration, **{k: v for k, v in metrics.items() if v is not None}}
+    if rank != 0:
+        ray.train.report(reported, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        state = {
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "iteration": iteration,
+            "rng": rng_state(),
+        }
+        torch.save(state, Path(directory) / CHECKPOINT_STATE)
+        torch.save(unwrap(model).state_dict(), Path(directory) / CHECKPOINT_WEIGHTS)
+        ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def finish(logger, model, values: dict, examples: list, manifest: dict, config: TrainConfig, device) -> None:
+    """Rank 0 after the last iteration: cost at the evaluation size, latency, per-class IoU, pictures, weights."""
+    network = unwrap(model)
+    height, width = examples[0][0].shape[-2:] if examples else config.data.crop_size or (512, 512)
+    shape = (1, 3, int(height), int(width))
+    gmacs = count_macs(network, shape)
+    params = count_params(network)
+    latency = measure_latency(network, shape, levels=("model",), device=device, warmup=1, repeats=5)
+    network.train()
+    logger.log_metrics(
+        {
+            "gmacs_model": gmacs["model"],
+            "gmacs_decoder": gmacs["decoder"],
+            "params_m": params["model"],
+            "latency_p50_ms": latency["model"]["p50"],
+        },
+        config.schedule.iterations,
+    )
+    logger.set_tags({"eval_input": "x".join(map(str, shape)), "cost_convention": "MACs (FLOPs = 2 x MACs)"})
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["class_index", "class_name", "iou_percent", "acc_percent"])
+    for index, name in enumerate(manifest["class_names"]):
+        writer.writerow([index, name, values["per_class_iou"][index], values["per_class_acc"][index]])
+    logger.log_text(rows.getvalue(), "per_class_iou.csv")
+    with tempfile.TemporaryDirectory() as directory:
+        for index, (image, label, prediction) in enumerate(examples):
+            path = Path(directory) / f"val_{index}.png"
+            path.write_bytes(prediction_figure(image, label, prediction, manifest))
+            logger.log_artifact(str(path), "predictions")
+        weights = Path(directory) / CHECKPOINT_WEIGHTS
+        torch.save(network.state_dict(), weights)
+        logger.log_artifact(str(weights), "weights")
+
+
+# ------------------------------------------------------------------------------------------------------- driver
+def run_directory(config: TrainConfig) -> Path:
+    return Path(config.run.storage_path) / config.run.name
+
+
+def resolve(config: TrainConfig) -> tuple[TrainConfig, dict]:
+    """Fill what the data set decides (num_classes, default name, absolute storage) and check what needs data."""
+    try:
+        manifest = read_manifest(config.data.dataset_dir)
+    except Exception as error:
+        raise ConfigError(f"data.dataset_dir: {error}") from error
+    model = config.model
+    if model.num_classes == FROM_DATA:
+        model = replace(model, num_classes=manifest["num_classes"])
+    elif model.num_classes != manifest["num_classes"]:
+        raise ConfigError(
+            f"model.num_classes={model.num_classes} but {config.data.dataset_dir} has {manifest['num_classes']} classes"
+        )
+    run = config.run
+    name = run.name or f"{manifest['dataset']}-{model.decoder}-{model.encoder}"
+    storage = run.storage_path if "://" in run.storage_path else str(Path(run.storage_path).resolve())
+    config = replace(config, model=model, run=replace(run, name=name, storage_path=storage))
+    with torch.device("meta"):
+        config.model.build()  # unknown names, invalid hyperparameters: before any worker starts
+    return config, manifest
+
+
+def check_cluster(config: TrainConfig) -> None:
+    import ray
+
+    needed = config.scaling.workers * config.scaling.gpus_per_worker
+    available = ray.cluster_resources().get("GPU", 0)
+    if needed > available:
+        raise ConfigError(
+            f"scaling asks for {needed:g} GPUs ({config.scaling.workers} workers x {config.scaling.gpus_per_worker:g}) "
+            f"but the Ray cluster has {available:g}"
+        )
+
+
+def start_tracking(config: TrainConfig, directory: Path) -> dict[str, str]:
+    """The MLflow run of this training run: created once (before any worker starts), found again on re-runs."""
+    from pipeline import tracking
+
+    record_path = directory / RUN_RECORD
+    uri = tracking.resolve_tracking_uri(config.run.tracking_uri)
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record["tracking_uri"] == uri:
+            return record
+    experiment_id = tracking.ensure_experiment(uri, config.run.experiment)
+    tags = {
+        "dataset": config.data.dataset_dir,
+        "decoder": config.model.decoder,
+        "encoder": config.model.encoder,
+        "git_commit": git_commit(),
+        "ray_version": _version("ray"),
+        "torch_version": torch.__version__,
+        "device_type": "cuda" if config.scaling.use_gpu else "cpu",
+    }
+    run_id = tracking.create_run(uri, experiment_id, config.run.name, tags=tags)
+    record = {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id}
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomic(record_path, json.dumps(record, indent=2))
+    return record
+
+
+def write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def git_commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)  # fmt: skip
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def train(config: TrainConfig, address: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the training run described by ``config``; returns the final metrics and run ids."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.tracking import RunLogger
+
+    config, manifest = resolve(config)
+    directory = run_directory(config)
+    if (directory / FINISHED_MARKER).exists():
+        raise ConfigError(
+            f"run {config.run.name!r} in {config.run.storage_path} already finished; pass another --name for a new run"
+        )
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True)
+    check_cluster(config)
+    record = start_tracking(config, directory)
+    buffer_path = str(directory / "mlflow-buffer.jsonl")  # rank 0's; the driver keeps its own beside it
+    driver_logger = RunLogger(record["tracking_uri"], record["run_id"], str(directory / "mlflow-driver-buffer.jsonl"))
+    if driver_logger.last_step() is None:
+        driver_logger.log_params(config.flat_params())
+        driver_logger.log_dict(config.to_dict(), "config.yaml")
+    driver_logger.flush()
+    write_atomic(directory / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    scaling = config.scaling
+    resources = {"CPU": scaling.cpus_per_worker} | ({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "config": config.to_dict(),
+            "manifest": manifest,
+            "tracking_uri": record["tracking_uri"],
+            "run_id": record["run_id"],
+            "buffer_path": buffer_path,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy="SPREAD" if scaling.workers > 1 else "PACK",
+        ),
+        run_config=ray.train.RunConfig(
+            name=config.run.name,
+            storage_path=config.run.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=build_datasets(config, manifest),
+    )
+    result = trainer.fit()
+    driver_logger.close(status="FINISHED")
+    write_atomic(directory / FINISHED_MARKER, time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+    metrics = dict(result.metrics or {})
+    print(f"finished {config.run.name}: {json.dumps(metrics, default=str)}", file=sys.stderr)
+    return {"metrics": metrics, "run_id": record["run_id"], "directory": str(directory), "config": config.to_dict()}
