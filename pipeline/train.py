@@ -193,6 +193,7 @@ def prediction_figure(image: torch.Tensor, label: torch.Tensor, prediction: torc
 
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker. ``loop_config``: the resolved config dict, the manifest, the MLflow run."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -205,6 +206,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     use_amp = device.type == "cuda"
     schedule = config.schedule
+    node = ray.get_runtime_context().get_node_id()
+    print(f"[rank {rank}/{world}] node {node} device {device}", flush=True)
 
     seed_everything(schedule.seed)
     model = config.model.build()
