@@ -106,12 +106,13 @@ def build_datasets(config: TrainConfig, manifest: dict) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ schedule and state
 def learning_rate(iteration: int, schedule) -> float:
-    """Linear warm-up from warmup_ratio·lr to lr over warmup_iterations, then poly(power) decay to min_lr."""
-    if iteration < schedule.warmup_iterations:
-        progress = iteration / schedule.warmup_iterations
-        return schedule.lr * (schedule.warmup_ratio + (1 - schedule.warmup_ratio) * progress)
+    """Poly(power) decay from lr to min_lr over all iterations; during the first warmup_iterations it is scaled by a
+    factor rising linearly from warmup_ratio to 1 (mmseg's linear warm-up on top of the poly schedule)."""
     progress = min(1.0, iteration / schedule.iterations)
-    return (schedule.lr - schedule.min_lr) * (1 - progress) ** schedule.power + schedule.min_lr
+    poly = (schedule.lr - schedule.min_lr) * (1 - progress) ** schedule.power + schedule.min_lr
+    if iteration < schedule.warmup_iterations:
+        return poly * (1 - (1 - iteration / schedule.warmup_iterations) * (1 - schedule.warmup_ratio))
+    return poly
 
 
 def rng_state() -> dict[str, Any]:
@@ -402,7 +403,7 @@ def check_cluster(config: TrainConfig) -> None:
         )
 
 
-def start_tracking(config: TrainConfig, directory: Path) -> dict[str, str]:
+def start_tracking(config: TrainConfig, manifest: dict, directory: Path) -> dict[str, str]:
     """The MLflow run of this training run: created once (before any worker starts), found again on re-runs."""
     from pipeline import tracking
 
@@ -414,7 +415,8 @@ def start_tracking(config: TrainConfig, directory: Path) -> dict[str, str]:
             return record
     experiment_id = tracking.ensure_experiment(uri, config.run.experiment)
     tags = {
-        "dataset": config.data.dataset_dir,
+        "dataset": manifest["dataset"],
+        "dataset_dir": config.data.dataset_dir,
         "decoder": config.model.decoder,
         "encoder": config.model.encoder,
         "git_commit": git_commit(),
@@ -473,7 +475,7 @@ def train(config: TrainConfig, address: str | None = None) -> dict[str, Any]:
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=True)
     check_cluster(config)
-    record = start_tracking(config, directory)
+    record = start_tracking(config, manifest, directory)
     buffer_path = str(directory / "mlflow-buffer.jsonl")  # rank 0's; the driver keeps its own beside it
     driver_logger = RunLogger(record["tracking_uri"], record["run_id"], str(directory / "mlflow-driver-buffer.jsonl"))
     if driver_logger.last_step() is None:

@@ -58,6 +58,7 @@ def test_two_workers_train_and_leave_a_complete_mlflow_record(local_ray, shards,
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.params["schedule.iterations"] == "60" and run.data.params["scaling.workers"] == "2"
+    assert run.data.tags["dataset"] == "synthetic"
     for tag in ("dataset", "decoder", "encoder", "git_commit", "ray_version", "torch_version", "device_type"):
         assert run.data.tags.get(tag), tag
     loss = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
@@ -77,8 +78,12 @@ def test_schedule_warmup_then_poly():
     from pipeline.config import ScheduleSettings
 
     schedule = ScheduleSettings(iterations=100, lr=0.01, warmup_iterations=10, warmup_ratio=0.1, min_lr=1e-4)
-    assert learning_rate(0, schedule) == pytest.approx(0.001)
-    assert learning_rate(5, schedule) == pytest.approx(0.001 + 0.009 * 0.5)
+    def poly(i):
+        return (0.01 - 1e-4) * (1 - i / 100) ** 0.9 + 1e-4
+
+    assert learning_rate(0, schedule) == pytest.approx(0.001)  # warmup_ratio x lr
+    assert learning_rate(5, schedule) == pytest.approx(poly(5) * (0.1 + 0.9 * 0.5))
+    assert learning_rate(10, schedule) == pytest.approx(poly(10))
     assert learning_rate(50, schedule) == pytest.approx((0.01 - 1e-4) * 0.5**0.9 + 1e-4)
     assert learning_rate(100, schedule) == pytest.approx(1e-4)
 
