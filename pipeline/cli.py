@@ -8,9 +8,9 @@ import argparse
 import sys
 
 from nrd.errors import NRDBenchError
-from pipeline.commands import cost, evaluate, prepare, replay, train
+from pipeline.commands import cost, evaluate, pareto, prepare, replay, train, tune
 
-COMMANDS = (cost, evaluate, prepare, replay, train)
+COMMANDS = (cost, evaluate, pareto, prepare, replay, train, tune)
 
 
 def build_parser() -> argparse.ArgumentParser:

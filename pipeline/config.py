@@ -192,14 +192,15 @@ def _section(kind, values: Mapping[str, Any], source: str):
     for key, value in values.items():
         default = fields[key].default
         try:
-            converted[key] = _convert(value, default)
+            converted[key] = convert_value(value, default)
         except (TypeError, ValueError):
             expected = type(default).__name__ if default is not None else "a value of the documented type"
             raise ConfigError(f"{source}: {key}={value!r} has the wrong type; expected {expected}") from None
     return kind(**converted)
 
 
-def _convert(value: Any, default: Any) -> Any:
+def convert_value(value: Any, default: Any) -> Any:
+    """``value`` checked (TypeError) and converted to the type of the field whose default is ``default``."""
     if value is None:
         return None
     if isinstance(default, bool):

@@ -42,6 +42,9 @@ CHECKPOINT_WEIGHTS = "model.pt"
 RUN_RECORD = "mlflow_run.json"
 FINISHED_MARKER = "FINISHED"
 PREDICTION_SAMPLES = 4
+# CPUs one Ray Data read/decode task asks for: below 1 so that a cluster whose cores are mostly reserved by training
+# workers (fractional ones included) still fits a data task instead of waiting forever.
+DATA_TASK_CPUS = 0.5
 
 
 # --------------------------------------------------------------------------------------------------- data (Ray Data)
@@ -93,15 +96,17 @@ def shard_files(dataset_dir: str, manifest: dict, split: str) -> list[str]:
 def build_datasets(config: TrainConfig, manifest: dict) -> dict[str, Any]:
     import ray.data
 
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the training log carries the progress
     transform = transform_config(config, manifest)
     directory = config.data.dataset_dir
-    train = ray.data.read_parquet(shard_files(directory, manifest, "train")).map_batches(
-        decode_augment, batch_size=4, fn_kwargs={"transform": transform, "seed": config.schedule.seed}
+    task = {"num_cpus": DATA_TASK_CPUS}
+    train = ray.data.read_parquet(shard_files(directory, manifest, "train"), ray_remote_args=task).map_batches(
+        decode_augment, batch_size=4, fn_kwargs={"transform": transform, "seed": config.schedule.seed}, **task
     )
-    val = ray.data.read_parquet(shard_files(directory, manifest, "val"))
+    val = ray.data.read_parquet(shard_files(directory, manifest, "val"), ray_remote_args=task)
     if config.data.val_limit:
         val = val.limit(config.data.val_limit)
-    return {"train": train, "val": val.map_batches(decode_val, batch_size=1)}
+    return {"train": train, "val": val.map_batches(decode_val, batch_size=1, **task)}
 
 
 # ------------------------------------------------------------------------------------------------ schedule and state
@@ -301,10 +306,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                     print(f"iter {iteration}: val mIoU {values['mIoU']:.2f}  aAcc {values['aAcc']:.2f}", flush=True)
             if logger and metrics:
                 logger.log_metrics({k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}, iteration)
+            if final and rank == 0:
+                metrics |= finish(logger, model, values, examples, manifest, config, device)
             if iteration % schedule.checkpoint_interval == 0 or final:
                 report_checkpoint(model, optimizer, iteration, metrics, rank)
-            if final and rank == 0:
-                finish(logger, model, values, examples, manifest, config, device)
+            elif iteration % schedule.eval_interval == 0:  # evaluations reach Tune's schedulers too
+                ray.train.report({"iteration": iteration, **metrics}, checkpoint=None)
     if logger:
         logger.close()
 
@@ -329,8 +336,9 @@ def report_checkpoint(model, optimizer, iteration: int, metrics: dict, rank: int
         ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
-def finish(logger, model, values: dict, examples: list, manifest: dict, config: TrainConfig, device) -> None:
-    """Rank 0 after the last iteration: cost at the evaluation size, latency, per-class IoU, pictures, weights."""
+def finish(logger, model, values: dict, examples: list, manifest: dict, config: TrainConfig, device) -> dict:
+    """Rank 0 after the last iteration: cost at the evaluation size, latency, per-class IoU, pictures, weights.
+    Returns the cost metrics, which also go into the final report (multi-objective searches need them)."""
     network = unwrap(model)
     height, width = examples[0][0].shape[-2:] if examples else config.data.crop_size or (512, 512)
     shape = (1, 3, int(height), int(width))
@@ -338,15 +346,13 @@ def finish(logger, model, values: dict, examples: list, manifest: dict, config: 
     params = count_params(network)
     latency = measure_latency(network, shape, levels=("model",), device=device, warmup=1, repeats=5)
     network.train()
-    logger.log_metrics(
-        {
-            "gmacs_model": gmacs["model"],
-            "gmacs_decoder": gmacs["decoder"],
-            "params_m": params["model"],
-            "latency_p50_ms": latency["model"]["p50"],
-        },
-        config.schedule.iterations,
-    )
+    cost = {
+        "gmacs_model": gmacs["model"],
+        "gmacs_decoder": gmacs["decoder"],
+        "params_m": params["model"],
+        "latency_p50_ms": latency["model"]["p50"],
+    }
+    logger.log_metrics(cost, config.schedule.iterations)
     logger.set_tags({"eval_input": "x".join(map(str, shape)), "cost_convention": "MACs (FLOPs = 2 x MACs)"})
     rows = io.StringIO()
     writer = csv.writer(rows)
@@ -362,6 +368,7 @@ def finish(logger, model, values: dict, examples: list, manifest: dict, config: 
         weights = Path(directory) / CHECKPOINT_WEIGHTS
         torch.save(network.state_dict(), weights)
         logger.log_artifact(str(weights), "weights")
+    return cost
 
 
 # ------------------------------------------------------------------------------------------------------- driver
@@ -391,6 +398,20 @@ def resolve(config: TrainConfig) -> tuple[TrainConfig, dict]:
     return config, manifest
 
 
+def start_ray(address: str | None) -> None:
+    """Connect to the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray bound to 127.0.0.1 (no
+    dashboard, no usage stats); nothing when this process is already connected (e.g. inside a Tune trial)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address or os.environ.get("RAY_ADDRESS"):  # e.g. a job submitted to a cluster has RAY_ADDRESS set
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
+
+
 def check_cluster(config: TrainConfig) -> None:
     import ray
 
@@ -403,7 +424,13 @@ def check_cluster(config: TrainConfig) -> None:
         )
 
 
-def start_tracking(config: TrainConfig, manifest: dict, directory: Path) -> dict[str, str]:
+def start_tracking(
+    config: TrainConfig,
+    manifest: dict,
+    directory: Path,
+    parent_run_id: str | None = None,
+    extra_tags: dict | None = None,
+) -> dict[str, str]:
     """The MLflow run of this training run: created once (before any worker starts), found again on re-runs."""
     from pipeline import tracking
 
@@ -424,7 +451,9 @@ def start_tracking(config: TrainConfig, manifest: dict, directory: Path) -> dict
         "torch_version": torch.__version__,
         "device_type": "cuda" if config.scaling.use_gpu else "cpu",
     }
-    run_id = tracking.create_run(uri, experiment_id, config.run.name, tags=tags)
+    run_id = tracking.create_run(
+        uri, experiment_id, config.run.name, tags=tags | (extra_tags or {}), parent_run_id=parent_run_id
+    )
     record = {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id}
     directory.mkdir(parents=True, exist_ok=True)
     write_atomic(record_path, json.dumps(record, indent=2))
@@ -457,8 +486,15 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def train(config: TrainConfig, address: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the training run described by ``config``; returns the final metrics and run ids."""
+def train(
+    config: TrainConfig,
+    address: str | None = None,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+    callbacks: list | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the training run described by ``config``; returns the final metrics and run ids.
+    ``parent_run_id`` nests the MLflow run (sweeps); ``callbacks`` go to Ray Train (e.g. Tune's report callback)."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -471,11 +507,9 @@ def train(config: TrainConfig, address: str | None = None) -> dict[str, Any]:
         raise ConfigError(
             f"run {config.run.name!r} in {config.run.storage_path} already finished; pass another --name for a new run"
         )
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True)
+    start_ray(address)
     check_cluster(config)
-    record = start_tracking(config, manifest, directory)
+    record = start_tracking(config, manifest, directory, parent_run_id, extra_tags)
     buffer_path = str(directory / "mlflow-buffer.jsonl")  # rank 0's; the driver keeps its own beside it
     driver_logger = RunLogger(record["tracking_uri"], record["run_id"], str(directory / "mlflow-driver-buffer.jsonl"))
     if driver_logger.last_step() is None:
@@ -506,6 +540,7 @@ def train(config: TrainConfig, address: str | None = None) -> dict[str, Any]:
             storage_path=config.run.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
         datasets=build_datasets(config, manifest),
     )

@@ -1,0 +1,66 @@
+"""``nrd-bench pareto``: the accuracy-vs-cost Pareto front of the finished training runs in MLflow, per data set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pareto",
+        help="accuracy-vs-cost Pareto front of finished runs in MLflow: table, plot, CSV, run tags",
+        description=(
+            "Read the finished training runs of an MLflow experiment (or the trials of one sweep) and, per data set, "
+            "rank them by non-dominated sorting on a cost metric (--x, minimised) and an accuracy metric (--y, "
+            "maximised). Prints a table per data set, writes a plot and a CSV per data set and a JSON for all, tags "
+            "every run pareto_optimal, pareto_rank and pareto_axes, and logs the files under pareto/ to the sweep's "
+            "parent run, or else to the experiment's run named 'pareto'."
+        ),
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--experiment", metavar="NAME", help="MLflow experiment to read (default nrd-bench)")
+    scope.add_argument("--parent-run", metavar="ID", help="read only the child runs of this (sweep) run")
+    parser.add_argument("--dataset", metavar="D", help="only the runs of this data set (their dataset tag)")
+    parser.add_argument("--x", default="gmacs_model", metavar="METRIC", help="cost, minimised (default gmacs_model)")
+    parser.add_argument("--y", default="mIoU", metavar="METRIC", help="accuracy, maximised (default mIoU)")
+    parser.add_argument(
+        "--tracking-uri", metavar="URI", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("results/pareto"), metavar="DIR",
+        help="folder for the plots, CSV files and JSON (default ./results/pareto)",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    parser.add_argument(
+        "--no-tag", action="store_true", help="leave MLflow untouched: no run tags, no artifacts (local files only)"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline import pareto  # importing mlflow and matplotlib takes seconds: only when used
+    from pipeline.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    groups = pareto.collect_runs(uri, args.experiment, args.parent_run, args.dataset, args.x, args.y)
+    paths = pareto.write_reports(groups, args.out.absolute())
+    logged_to = tagged = None
+    if not args.no_tag:
+        tagged = pareto.tag_runs(groups)
+        scope = next(iter(groups.values())).scope
+        logged_to = pareto.log_reports(scope, [path for files in paths.values() for path in files])
+    if args.json:
+        print(json.dumps(pareto.to_json(groups), indent=2))
+        return 0
+    for name, runs in groups.items():
+        print(pareto.format_table(runs))
+        print(f"plot: {paths[name][0]}\ncsv: {paths[name][1]}\n")
+    if len(groups) > 1:
+        print(pareto.format_summary(groups) + "\n")
+    print(f"json: {paths['json'][0]}")
+    if logged_to:
+        print(f"tagged {tagged} runs (pareto_optimal, pareto_rank, pareto_axes); files logged to run {logged_to} "
+              f"under {pareto.ARTIFACT_DIR}/")  # fmt: skip
+    return 0

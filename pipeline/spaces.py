@@ -1,0 +1,251 @@
+"""Search spaces: a small YAML schema, validated whole before any trial starts.
+
+A space file has three sections::
+
+    search:                       # how to search
+      objectives: {mIoU: max}     # one metric (ASHA early stopping) or {mIoU: max, gmacs_model: min} (Optuna, NSGA)
+      scheduler: asha             # asha | fifo (multi-objective searches use fifo)
+      num_samples: 8              # trials (each grid point is repeated num_samples times, as in Ray Tune)
+      max_concurrent: 1
+      iterations: 200             # training iterations per trial (the budget ASHA cuts)
+      grace_period: 1             # ASHA: evaluations before a trial may be stopped
+      reduction_factor: 2
+      resources: {workers: 1, cpus_per_worker: 1.0, gpus_per_worker: 0}
+    fixed:                        # values every trial gets (dotted keys)
+      data.dataset_dir: shards/synthetic
+      schedule.batch_size: 8
+    space:                        # what varies
+      decoder: {choice: [nrd, deeplabv3plus]}
+      nrd.dyn_channels: {choice: [8, 16, 32]}
+      lr: {loguniform: [0.001, 0.05]}
+
+Keys are dotted paths into the training config (``model.*``, ``data.*``, ``schedule.*``, ``run.*``) with short
+aliases: ``decoder``, ``encoder``, ``output_stride``, ``lr``, ``weight_decay``, ``aux_weight``, ``batch_size``,
+``iterations``; ``nrd.<arg>`` (or ``<decoder>.<arg>``) is a decoder hyperparameter applied only to trials of that
+decoder. Distributions: ``choice: [..]``, ``grid: [..]``, ``uniform: [low, high]``, ``loguniform: [low, high]``,
+``randint: [low, high)``; anything else is a fixed value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nrd import DECODERS, ENCODERS, ModelConfig, decoder_arguments
+from nrd.errors import UnknownNameError
+from pipeline.config import SECTIONS, ConfigError, convert_value, load_yaml
+
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
+ALIASES = {
+    "decoder": "model.decoder",
+    "encoder": "model.encoder",
+    "output_stride": "model.output_stride",
+    "lr": "schedule.lr",
+    "weight_decay": "schedule.weight_decay",
+    "aux_weight": "schedule.aux_weight",
+    "batch_size": "schedule.batch_size",
+    "iterations": "schedule.iterations",
+}
+SCHEDULERS = ("asha", "fifo")
+TRIAL_DRIVER_CPUS = 0.01  # the Tune trial process that starts a trial's TorchTrainer
+DATA_CPUS = 1.0  # what Ray Data needs free besides the trials: its file-listing task asks for a whole CPU
+MODES = ("max", "min")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    objectives: dict[str, str] = field(default_factory=lambda: {"mIoU": "max"})
+    scheduler: str = "asha"
+    num_samples: int = 1
+    max_concurrent: int = 1
+    iterations: int = 200
+    grace_period: int = 1
+    reduction_factor: int = 2
+    resources: dict[str, float] = field(default_factory=lambda: {"workers": 1, "cpus_per_worker": 1.0})
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated space file: settings, fixed values and distributions, keys already resolved to dotted paths."""
+
+    path: str
+    search: SearchSettings
+    fixed: dict[str, Any]
+    space: dict[str, tuple[str, Any]]  # dotted key → (distribution, arguments)
+
+    def trial_overrides(self, sampled: Mapping[str, Any]) -> dict[str, Any]:
+        """Nested training-config overrides for one trial: fixed values, then the sampled ones; decoder
+        hyperparameters of other decoders than the trial's are dropped."""
+        values = {**self.fixed, **sampled}
+        decoder = values.get("model.decoder", ModelConfig().decoder)
+        nested: dict[str, Any] = {}
+        for key, value in values.items():
+            section, _, rest = key.partition(".")
+            if section in DECODERS:
+                if section != decoder:
+                    continue
+                section, rest = "model", f"decoder_kwargs.{rest}"
+            node = nested.setdefault(section, {})
+            *parents, leaf = rest.split(".")
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = value
+        schedule = nested.setdefault("schedule", {})
+        schedule.setdefault("iterations", self.search.iterations)
+        scaling = nested.setdefault("scaling", {})
+        for key, value in self.search.resources.items():
+            scaling.setdefault(key, value)
+        return nested
+
+
+def _error(path: str, key: str, problem: str) -> ConfigError:
+    return ConfigError(f"{path}: {key}: {problem}")
+
+
+def _resolve_key(path: str, key: str) -> str:
+    key = ALIASES.get(key, key)
+    section, _, rest = key.partition(".")
+    if section in DECODERS:
+        valid = decoder_arguments(section)
+        if rest not in valid:
+            raise UnknownNameError(f"{section} hyperparameter in {path}", rest, valid)
+        return key
+    if section == "model":
+        valid = [f.name for f in dataclasses.fields(ModelConfig)]
+        if rest.split(".")[0] not in valid:
+            raise UnknownNameError(f"model key in {path}", rest, valid)
+        return key
+    if section in SECTIONS:
+        valid = [f.name for f in dataclasses.fields(SECTIONS[section])]
+        if rest not in valid:
+            raise UnknownNameError(f"{section} key in {path}", rest, valid)
+        return key
+    valid = [*ALIASES, *(f"{s}.<key>" for s in ("model", *SECTIONS)), *(f"{d}.<arg>" for d in DECODERS)]
+    raise UnknownNameError(f"search-space key in {path}", key, valid)
+
+
+def _field_default(key: str) -> Any:
+    section, _, rest = key.partition(".")
+    kind = ModelConfig if section == "model" else SECTIONS.get(section)
+    fields = {f.name: f for f in dataclasses.fields(kind)} if kind else {}
+    default = getattr(fields.get(rest), "default", None)
+    return None if default is dataclasses.MISSING else default
+
+
+def _check_value(path: str, key: str, value: Any) -> None:
+    """Values that would fail inside a trial fail here instead: unknown names, wrong types."""
+    checks = {"model.decoder": DECODERS, "model.encoder": ENCODERS}
+    if key in checks and value not in checks[key]:
+        raise UnknownNameError(f"{key.split('.')[1]} in {path} ({key})", value, checks[key])
+    default = _field_default(key)
+    if default is not None:
+        try:
+            convert_value(value, default)
+        except (TypeError, ValueError):
+            expected = type(default).__name__
+            raise _error(path, key, f"{value!r} has the wrong type; expected {expected}") from None
+
+
+def _distribution(path: str, key: str, spec: Mapping[str, Any]) -> tuple[str, Any]:
+    if len(spec) != 1:
+        raise _error(path, key, f"expected exactly one of {', '.join(DISTRIBUTIONS)}, got {sorted(spec)}")
+    kind, arguments = next(iter(spec.items()))
+    if kind not in DISTRIBUTIONS:
+        raise UnknownNameError(f"distribution in {path} ({key})", kind, DISTRIBUTIONS)
+    if kind in ("choice", "grid"):
+        if not isinstance(arguments, list) or not arguments:
+            raise _error(path, key, f"{kind} needs a non-empty list of values, got {arguments!r}")
+        for value in arguments:
+            _check_value(path, key, value)
+        return kind, list(arguments)
+    if not (isinstance(arguments, list) and len(arguments) == 2 and all(_is_number(v) for v in arguments)):
+        raise _error(path, key, f"{kind} needs [low, high] numbers, got {arguments!r}")
+    low, high = arguments
+    if not low < high:
+        raise _error(path, key, f"{kind} needs low < high, got [{low}, {high}]")
+    if kind == "loguniform" and low <= 0:
+        raise _error(path, key, f"loguniform needs low > 0, got {low}")
+    if kind == "randint" and not all(isinstance(v, int) for v in arguments):
+        raise _error(path, key, f"randint needs integers, got {arguments!r}")
+    if isinstance(_field_default(key), int) and kind != "randint":
+        raise _error(path, key, f"{kind} draws floats but the value must be an integer; use randint or choice")
+    return kind, [low, high]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _search_settings(path: str, values: Mapping[str, Any], available_cpus: float | None) -> SearchSettings:
+    fields = {f.name: f for f in dataclasses.fields(SearchSettings)}
+    for key in values:
+        if key not in fields:
+            raise UnknownNameError(f"search setting in {path}", key, fields)
+    settings = SearchSettings(**values)
+    if not isinstance(settings.objectives, dict) or not settings.objectives:
+        raise _error(path, "search.objectives", "expected a mapping metric: max|min, e.g. {mIoU: max}")
+    for metric, mode in settings.objectives.items():
+        if mode not in MODES:
+            raise UnknownNameError(f"mode of objective {metric!r} in {path}", mode, MODES)
+    if settings.scheduler not in SCHEDULERS:
+        raise UnknownNameError(f"scheduler in {path}", settings.scheduler, SCHEDULERS)
+    if settings.multi_objective and settings.scheduler == "asha":
+        raise _error(path, "search.scheduler", "asha stops trials on one metric; use fifo with several objectives")
+    for name in ("num_samples", "max_concurrent", "iterations", "grace_period", "reduction_factor"):
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _error(path, f"search.{name}", f"expected a positive integer, got {value!r}")
+    resources = settings.resources
+    valid = ("workers", "cpus_per_worker", "gpus_per_worker")
+    for key, value in resources.items():
+        if key not in valid:
+            raise UnknownNameError(f"resource in {path} (search.resources)", key, valid)
+        if not _is_number(value) or value < 0 or (key != "gpus_per_worker" and value <= 0):
+            raise _error(path, f"search.resources.{key}", f"expected a positive number, got {value!r}")
+    if available_cpus is not None:
+        per_trial = resources.get("workers", 1) * resources.get("cpus_per_worker", 1.0) + TRIAL_DRIVER_CPUS
+        needed = per_trial * settings.max_concurrent
+        if needed + DATA_CPUS > available_cpus:
+            raise _error(
+                path, "search.resources",
+                f"{settings.max_concurrent} concurrent trial(s) need {needed:g} CPUs plus {DATA_CPUS:g} for Ray "
+                f"Data's decoding, but the cluster has {available_cpus:g}; lower cpus_per_worker or max_concurrent",
+            )  # fmt: skip
+    return settings
+
+
+def load_space(path: str | os.PathLike, available_cpus: float | None = None) -> SearchSpace:
+    """Read and validate a space file; every problem is a named error with the file and key."""
+    path = str(Path(path))
+    data = load_yaml(path)
+    valid_sections = ("search", "fixed", "space")
+    for section in data:
+        if section not in valid_sections:
+            raise UnknownNameError(f"section in {path}", section, valid_sections)
+    for section in valid_sections:
+        if not isinstance(data.get(section) or {}, Mapping):
+            raise _error(path, section, f"expected a mapping, got {type(data[section]).__name__}")
+    search = _search_settings(path, data.get("search") or {}, available_cpus)
+    fixed: dict[str, Any] = {}
+    for key, value in (data.get("fixed") or {}).items():
+        dotted = _resolve_key(path, key)
+        _check_value(path, dotted, value)
+        fixed[dotted] = value
+    space = {}
+    for key, spec in (data.get("space") or {}).items():
+        dotted = _resolve_key(path, key)
+        space[dotted] = _distribution(path, dotted, spec) if isinstance(spec, Mapping) else ("fixed", spec)
+        if space[dotted][0] == "fixed":
+            _check_value(path, dotted, spec)
+    if not space:
+        raise _error(path, "space", "nothing varies; expected at least one key with a distribution")
+    return SearchSpace(path=path, search=search, fixed=fixed, space=space)

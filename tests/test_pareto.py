@@ -1,0 +1,297 @@
+"""The Pareto front and ranks against a brute-force dominance check, and ``nrd-bench pareto`` end to end against real
+MLflow: a SQLite store and an ``mlflow server`` (the ``mlflow_server`` fixture of conftest.py)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.pareto import collect_runs, pareto_front, pareto_ranks
+
+NAN = float("nan")
+
+
+# ------------------------------------------------------------------------------------------------- brute force
+def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] <= b[0] and a[1] >= b[1] and (a[0] < b[0] or a[1] > b[1])
+
+
+def brute_force_ranks(xs: list, ys: list) -> list[int | None]:
+    """Peel fronts one by one: O(n²) dominance checks per front."""
+    points = {
+        i: (x, y) for i, (x, y) in enumerate(zip(xs, ys, strict=True))
+        if x is not None and y is not None and not math.isnan(x) and not math.isnan(y)
+    }  # fmt: skip
+    ranks: list[int | None] = [None] * len(xs)
+    rank = 0
+    while points:
+        front = [i for i in points if not any(dominates(points[j], points[i]) for j in points)]
+        for i in front:
+            ranks[i] = rank
+            del points[i]
+        rank += 1
+    return ranks
+
+
+def random_points(seed: int) -> tuple[list, list]:
+    rng = random.Random(seed)
+    n = rng.randint(0, 40)
+    grid = rng.choice([3, 6, None])  # small grids: many ties in one coordinate and exact duplicates; None: reals
+
+    def value():
+        roll = rng.random()
+        if roll < 0.05:
+            return NAN
+        if roll < 0.08:
+            return None
+        return rng.uniform(-5, 5) if grid is None else float(rng.randint(0, grid))
+
+    xs, ys = [value() for _ in range(n)], [value() for _ in range(n)]
+    for _ in range(n // 4):  # exact duplicates of earlier points
+        i = rng.randrange(n)
+        xs.append(xs[i])
+        ys.append(ys[i])
+    return xs, ys
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_ranks_match_brute_force(seed):
+    xs, ys = random_points(seed)
+    expected = brute_force_ranks(xs, ys)
+    assert pareto_ranks(xs, ys) == expected
+    assert pareto_front(xs, ys) == [i for i, rank in enumerate(expected) if rank == 0]
+
+
+def test_ranks_by_hand():
+    xs = [1.0, 1.0, 1.0, 2.0, 0.0, 2.0, NAN, 1.0]
+    ys = [1.0, 1.0, 0.5, 1.0, 0.0, 3.0, 5.0, None]
+    # (1,1) twice: no other point has x <= 1 and y >= 1, so both are on the front; (1,0.5) (same x, lower y) and
+    # (2,1) (same y, higher x) are dominated by (1,1) only; (0,0) has the lowest x; (2,3) the highest y.
+    assert pareto_ranks(xs, ys) == [0, 0, 1, 1, 0, 0, None, None]
+    assert pareto_front(xs, ys) == [0, 1, 4, 5]
+    assert pareto_ranks([], []) == [] and pareto_front([], []) == []
+    with pytest.raises(ValueError, match="3 x values but 2 y values"):
+        pareto_ranks([1, 2, 3], [1, 2])
+
+
+# ------------------------------------------------------------------------------------------------- MLflow store
+#      name, dataset, decoder, encoder, decoder kwargs, output stride, eval input, metrics, status
+RUNS = [
+    ("c-nrd-r18-d16", "cityscapes", "nrd", "resnet18", {"dyn_channels": 16}, 32, "1x3x512x1024",
+     {"gmacs_model": 20.0, "mIoU": 70.0}, "FINISHED"),
+    ("c-nrd-r18-d32", "cityscapes", "nrd", "resnet18", {"dyn_channels": 32}, 32, "1x3x512x1024",
+     {"gmacs_model": 25.0, "mIoU": 72.0}, "FINISHED"),
+    ("c-bilinear-r18", "cityscapes", "bilinear", "resnet18", {}, 32, "1x3x512x1024",
+     {"gmacs_model": 20.0, "mIoU": 65.0}, "FINISHED"),  # same cost as c-nrd-r18-d16, lower mIoU
+    ("c-dup-r18", "cityscapes", "dupsampling", "resnet18", {}, 32, "1x3x512x1024",
+     {"gmacs_model": 40.0, "mIoU": 72.0}, "FINISHED"),  # same mIoU as c-nrd-r18-d32, higher cost
+    ("c-nrd-r50", "cityscapes", "nrd", "resnet50_v1c", {"dyn_channels": 32}, 32, "1x3x512x1024",
+     {"gmacs_model": 60.0, "mIoU": 75.0}, "FINISHED"),
+    ("c-dlv3-r50", "cityscapes", "deeplabv3", "resnet50_v1c", {}, 8, "1x3x512x1024",
+     {"gmacs_model": 270.0, "mIoU": 78.0}, "FINISHED"),
+    ("c-no-miou", "cityscapes", "nrd", "resnet34", {"dyn_channels": 16}, 32, "1x3x512x1024",
+     {"gmacs_model": 30.0}, "FINISHED"),
+    ("c-running", "cityscapes", "nrd", "resnet101", {"dyn_channels": 16}, 32, "1x3x512x1024",
+     {"gmacs_model": 1.0, "mIoU": 99.0}, "RUNNING"),
+    ("v-nrd-r18", "camvid", "nrd", "resnet18", {"dyn_channels": 16}, 32, "1x3x360x480",
+     {"gmacs_model": 5.0, "mIoU": 60.0}, "FINISHED"),
+    ("v-dlv3p-r18", "camvid", "deeplabv3plus", "resnet18", {}, 32, "1x3x720x960",
+     {"gmacs_model": 8.0, "mIoU": 58.0}, "FINISHED"),
+    ("v-dlv3-r50", "camvid", "deeplabv3", "resnet50_v1c", {}, 8, "1x3x360x480",
+     {"gmacs_model": 50.0, "mIoU": 65.0}, "FINISHED"),
+]  # fmt: skip
+
+
+def populate(uri: str, experiment: str, artifact_location: str | None) -> dict:
+    """An experiment with one sweep parent run (it has an mIoU of its own, and must not count) and the RUNS as its
+    children; returns the ids."""
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
+    parent = client.create_run(experiment_id, tags={"nrd_bench.kind": "sweep"}, run_name="sweep").info.run_id
+    client.log_metric(parent, "mIoU", 100.0)
+    client.set_terminated(parent, "FINISHED")
+    ids = {}
+    for name, dataset, decoder, encoder, kwargs, stride, eval_input, metrics, status in RUNS:
+        tags = {"dataset": dataset, "dataset_dir": f"/data/{dataset}", "decoder": decoder, "encoder": encoder,
+                "eval_input": eval_input, "cost_convention": "MACs (FLOPs = 2 x MACs)",
+                "mlflow.parentRunId": parent}  # fmt: skip
+        run_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
+        params = {"model.decoder": decoder, "model.encoder": encoder, "model.output_stride": str(stride),
+                  "schedule.lr": "0.01"} | {f"model.decoder_kwargs.{k}": str(v) for k, v in kwargs.items()}  # fmt: skip
+        metrics = [Metric(key, value, 0, 0) for key, value in {**metrics, "params_m": 12.0}.items()]
+        client.log_batch(run_id, metrics=metrics, params=[Param(key, value) for key, value in params.items()])
+        if status != "RUNNING":
+            client.set_terminated(run_id, status)
+        ids[name] = run_id
+    return {"experiment_id": experiment_id, "parent": parent, "runs": ids}
+
+
+def expected_ranks(ids: dict) -> dict[str, dict[str, int | None]]:
+    """Brute-force ranks of the finished RUNS per data set, by run id."""
+    by_dataset: dict[str, dict[str, int | None]] = {}
+    for dataset in ("cityscapes", "camvid"):
+        rows = [row for row in RUNS if row[1] == dataset and row[8] == "FINISHED"]
+        xs = [row[7].get("gmacs_model") for row in rows]
+        ys = [row[7].get("mIoU") for row in rows]
+        ranks = brute_force_ranks(xs, ys)
+        by_dataset[dataset] = {ids[row[0]]: rank for row, rank in zip(rows, ranks, strict=True)}
+    return by_dataset
+
+
+def check_tags(client: MlflowClient, store: dict) -> None:
+    for ranks in expected_ranks(store["runs"]).values():
+        for run_id, rank in ranks.items():
+            tags = client.get_run(run_id).data.tags
+            assert tags["pareto_optimal"] == ("true" if rank == 0 else "false")
+            assert tags["pareto_rank"] == ("none" if rank is None else str(rank))
+            assert tags["pareto_axes"] == "gmacs_model min, mIoU max"
+    assert "pareto_rank" not in client.get_run(store["runs"]["c-running"]).data.tags
+    assert "pareto_rank" not in client.get_run(store["parent"]).data.tags
+
+
+def check_json(report: dict, store: dict) -> None:
+    assert set(report) == {"camvid", "cityscapes"}
+    for dataset, ranks in expected_ranks(store["runs"]).items():
+        assert set(report[dataset]["front"]) == {run_id for run_id, rank in ranks.items() if rank == 0}
+        points = {point["run_id"]: point for point in report[dataset]["points"]}
+        assert {run_id: point["rank"] for run_id, point in points.items()} == ranks
+        assert all(point["on_front"] == (point["rank"] == 0) for point in points.values())
+    missing = next(p for p in report["cityscapes"]["points"] if p["run_id"] == store["runs"]["c-no-miou"])
+    assert missing["y"] is None and missing["x"] == 30.0 and missing["run_name"] == "c-no-miou"
+
+
+@pytest.fixture(scope="module")
+def sqlite_store(tmp_path_factory) -> tuple[str, dict]:
+    root = tmp_path_factory.mktemp("pareto-sqlite")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return uri, populate(uri, "bench", (root / "artifacts").as_uri())
+
+
+def test_parent_run_on_sqlite(sqlite_store, tmp_path, capsys):
+    uri, store = sqlite_store
+    out = tmp_path / "out"
+    assert main(["pareto", "--parent-run", store["parent"], "--tracking-uri", uri, "--out", str(out), "--json"]) == 0
+    check_json(json.loads(capsys.readouterr().out), store)
+    client = MlflowClient(uri)
+    check_tags(client, store)
+    logged = sorted(artifact.path for artifact in client.list_artifacts(store["parent"], "pareto"))
+    files = ["camvid_mIoU_vs_gmacs_model.csv", "camvid_mIoU_vs_gmacs_model.png", "cityscapes_mIoU_vs_gmacs_model.csv",
+             "cityscapes_mIoU_vs_gmacs_model.png", "pareto_mIoU_vs_gmacs_model.json"]  # fmt: skip
+    assert logged == [f"pareto/{name}" for name in files]
+    assert sorted(path.name for path in out.iterdir()) == files  # no temporary files left
+    with Image.open(out / "cityscapes_mIoU_vs_gmacs_model.png") as image:
+        assert image.format == "PNG" and image.width >= 800 and image.height >= 500
+    with open(out / "cityscapes_mIoU_vs_gmacs_model.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    ranks = expected_ranks(store["runs"])["cityscapes"]
+    assert {row["run_id"]: row["rank"] for row in rows} == {k: "" if v is None else str(v) for k, v in ranks.items()}
+    assert rows[-1]["run_name"] == "c-no-miou" and rows[-1]["mIoU"] == "" and rows[-1]["on_front"] == "false"
+    assert {row["dyn_channels"] for row in rows} == {"16", "32", ""}  # varies among the runs: a column
+
+
+def test_experiment_table_on_sqlite_reuses_the_pareto_run(sqlite_store, tmp_path, capsys):
+    uri, store = sqlite_store
+    client = MlflowClient(uri)
+    command = ["pareto", "--experiment", "bench", "--tracking-uri", uri, "--out", str(tmp_path)]
+    for _ in range(2):
+        assert main(command) == 0
+        output = capsys.readouterr().out
+        pareto_runs = client.search_runs([store["experiment_id"]], "tags.`nrd_bench.kind` = 'pareto'")
+        assert len(pareto_runs) == 1 and pareto_runs[0].info.run_name == "pareto"
+        assert pareto_runs[0].info.status == "FINISHED"
+    assert len(client.list_artifacts(pareto_runs[0].info.run_id, "pareto")) == 5
+    check_tags(client, store)  # the pareto run itself is not a point: the ranks are the same
+
+    ranks = expected_ranks(store["runs"])
+    names = {run_id: name for name, run_id in store["runs"].items()}
+    table_rows = {}
+    for line in output.splitlines():
+        cells = line.split()
+        if cells and cells[0] in store["runs"]:
+            table_rows[cells[0]] = cells
+    for dataset_ranks in ranks.values():
+        for run_id, rank in dataset_ranks.items():
+            if rank is not None:
+                row = table_rows[names[run_id]]
+                assert row[-1] == str(rank) and (row[-2] == "*") == (rank == 0)
+    assert "not ranked, lacks mIoU: c-no-miou" in output
+    assert "not counted, not finished: c-running (RUNNING)" in output
+    assert "camvid: 3 runs" in output and "MIXED input sizes 1x3x360x480, 1x3x720x960" in output
+    assert "sweep" not in table_rows and "pareto" not in table_rows
+    assert f"plot: {tmp_path / 'cityscapes_mIoU_vs_gmacs_model.png'}" in output
+    summary = output[output.index("pairs on each data set's Pareto front") :].splitlines()
+    rows = {" ".join(line.split()) for line in summary}
+    assert "decoder encoder camvid cityscapes" in rows
+    assert "nrd resnet18 front front" in rows
+    assert "dupsampling resnet18 - rank 1" in rows  # (40, 72) is dominated by (25, 72) only
+    assert "nrd resnet34 - no metric" in rows  # its one run lacks mIoU
+
+
+def test_pagination_and_dataset_filter(sqlite_store):
+    uri, store = sqlite_store
+    everything = collect_runs(uri, parent_run_id=store["parent"])
+    paged = collect_runs(uri, parent_run_id=store["parent"], page_size=2)
+    for dataset, runs in everything.items():
+        assert [p.run_id for p in paged[dataset].points] == [p.run_id for p in runs.points]
+        assert [p.run_id for p in paged[dataset].missing] == [p.run_id for p in runs.missing]
+    only = collect_runs(uri, experiment="bench", dataset="camvid", page_size=3)
+    assert list(only) == ["camvid"] and len(only["camvid"].points) == 3
+
+
+def test_errors(sqlite_store, tmp_path, capsys):
+    uri, store = sqlite_store
+    base = ["pareto", "--tracking-uri", uri, "--out", str(tmp_path), "--no-tag"]
+    assert main([*base, "--experiment", "bnch"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown experiment" in error and "did you mean 'bench'" in error and "Default" in error
+
+    assert main([*base, "--parent-run", "0" * 32]) == 2
+    error = capsys.readouterr().err
+    assert "unknown parent run" in error and f"{store['parent']} (sweep)" in error
+
+    assert main([*base, "--experiment", "bench", "--x", "gflops"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown --x metric 'gflops'" in error and "gmacs_model, mIoU, params_m" in error
+
+    assert main([*base, "--experiment", "bench", "--dataset", "ade20k"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown dataset" in error and "camvid, cityscapes" in error
+
+    client = MlflowClient(uri)
+    client.create_run(client.create_experiment("empty"), run_name="still-running")
+    assert main([*base, "--experiment", "empty"]) == 2
+    error = capsys.readouterr().err
+    assert "no finished training run in experiment 'empty'" in error and uri in error and "1 RUNNING" in error
+    nowhere = tmp_path / "elsewhere" / "mlflow.db"
+    assert main(["pareto", "--tracking-uri", f"sqlite:///{nowhere}", "--out", str(tmp_path)]) == 2
+    assert f"no MLflow store at {nowhere}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written, no empty store created
+
+
+# ------------------------------------------------------------------------------------------------- mlflow server
+def test_against_an_mlflow_server(mlflow_server, tmp_path, capsys):
+    store = populate(mlflow_server.uri, "served", None)
+    capsys.readouterr()  # MLflow prints the URL of each run it ends
+    out = tmp_path / "out"
+    command = ["pareto", "--experiment", "served", "--tracking-uri", mlflow_server.uri, "--out", str(out), "--json"]
+    assert main(command) == 0
+    check_json(json.loads(capsys.readouterr().out), store)
+    client = MlflowClient(mlflow_server.uri)
+    check_tags(client, store)
+    assert main(command) == 0
+    capsys.readouterr()
+    pareto_runs = client.search_runs([store["experiment_id"]], "tags.`nrd_bench.kind` = 'pareto'")
+    assert len(pareto_runs) == 1
+    uploaded = sorted(path.name for path in (mlflow_server.root / "artifacts").rglob("*") if path.is_file())
+    assert uploaded == sorted(path.name for path in out.iterdir())
+
+    assert main(["pareto", "--parent-run", store["runs"]["v-nrd-r18"][::-1], "--tracking-uri", mlflow_server.uri]) == 2
+    assert f"unknown parent run at {mlflow_server.uri}" in capsys.readouterr().err

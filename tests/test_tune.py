@@ -1,0 +1,150 @@
+"""`nrd-bench tune` then `nrd-bench pareto`, end to end on a real local Ray and real MLflow (sqlite and an
+`mlflow server` on 127.0.0.1), and a sweep whose driver is killed and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from nrd.data import create_dataset, prepare_shards  # noqa: E402
+from pipeline.cli import main  # noqa: E402
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+SPACE = """
+search:
+  objectives: {{mIoU: max}}
+  scheduler: fifo
+  max_concurrent: {concurrent}
+  iterations: 10
+  resources: {{workers: 1, cpus_per_worker: 0.5}}
+fixed:
+  batch_size: 4
+  lr: 0.05
+  data.crop_size: [64, 64]
+  schedule.log_interval: 5
+  schedule.eval_interval: 10
+  schedule.checkpoint_interval: 10
+space:
+  decoder: {{grid: [{decoders}]}}
+  encoder: resnet18
+"""
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic")
+    dataset = create_dataset("synthetic", num_samples={"train": 32, "val": 4}, size=(64, 64), num_classes=4, seed=5)
+    prepare_shards(dataset, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def write_space(tmp_path: Path, decoders: str, concurrent: int = 1) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE.format(decoders=decoders, concurrent=concurrent))
+    return path
+
+
+def children(client: MlflowClient, parent) -> list:
+    return client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+
+
+def sweep_then_pareto(tracking_uri: str, shards: Path, tmp_path: Path, capsys) -> None:
+    space = write_space(tmp_path, "nrd, bilinear")
+    args = ["tune", "--space", str(space), "--dataset-dir", str(shards), "--storage-path", str(tmp_path / "results"),
+            "--tracking-uri", tracking_uri, "--experiment", "sweeps", "--name", "e2e"]  # fmt: skip
+    assert main(args) == 0
+    parent_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["parent_run_id"]
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["nrd_bench.kind"] == "sweep" and parent.info.status == "FINISHED"
+    assert json.loads(parent.data.params["objectives"]) == {"mIoU": "max"}
+    assert [a.path for a in client.list_artifacts(parent_id, "space")] == ["space/space.yaml"]
+    trials = children(client, parent)
+    assert sorted(run.data.tags["decoder"] for run in trials) == ["bilinear", "nrd"]
+    for run in trials:
+        assert run.info.status == "FINISHED" and run.data.tags["trial_id"]
+        assert {"mIoU", "gmacs_model", "loss"} <= set(run.data.metrics)
+        assert {"config.yaml", "weights"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    out = tmp_path / "pareto"
+    assert main(["pareto", "--parent-run", parent_id, "--tracking-uri", tracking_uri, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "synthetic" in printed and ".png" in printed
+    assert list(out.glob("*.png"))
+    tagged = {run.info.run_id: run.data.tags for run in children(client, parent)}
+    assert all(tags["pareto_optimal"] in ("true", "false") for tags in tagged.values())
+    assert any(tags["pareto_optimal"] == "true" for tags in tagged.values())
+
+
+def test_sweep_and_pareto_on_sqlite(local_ray, shards, tmp_path, capsys):
+    sweep_then_pareto(f"sqlite:///{tmp_path / 'mlflow.db'}", shards, tmp_path, capsys)
+
+
+def test_sweep_and_pareto_on_an_mlflow_server(local_ray, shards, tmp_path, capsys, mlflow_server):
+    sweep_then_pareto(mlflow_server.uri, shards, tmp_path, capsys)
+
+
+def test_killed_sweep_resumes_without_rerunning_or_duplicating(local_ray, shards, tmp_path):
+    ray.shutdown()  # the driver below starts its own local Ray
+    try:
+        space = write_space(tmp_path, "bilinear, nrd, deeplabv3plus")
+        tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        command = [sys.executable, "-m", "pipeline.cli", "tune", "--space", str(space), "--dataset-dir", str(shards),
+                   "--storage-path", str(tmp_path / "results"), "--tracking-uri", tracking_uri, "--name", "resume"]
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+        with open(tmp_path / "first.log", "wb") as log:
+            driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
+        client = MlflowClient(tracking_uri)
+        deadline = time.monotonic() + 400
+        finished = []
+        while not finished and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(2)
+            if (tmp_path / "mlflow.db").exists():
+                experiment = client.get_experiment_by_name("nrd-bench")
+                runs = client.search_runs([experiment.experiment_id]) if experiment else []
+                finished = [r for r in runs if r.data.tags.get("trial_id") and r.info.status == "FINISHED"]
+        assert finished, f"no trial finished; see {tmp_path / 'first.log'}"
+        os.killpg(driver.pid, signal.SIGKILL)  # a driver crash: no clean-up at all
+        driver.wait()
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env, check=False)  # its orphaned Ray
+        first_trial = finished[0]
+
+        resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True,
+                                 timeout=600)  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resuming sweep resume" in resumed.stderr
+        experiment = client.get_experiment_by_name("nrd-bench")
+        runs = client.search_runs([experiment.experiment_id])
+        trials = [r for r in runs if r.data.tags.get("trial_id")]
+        trial_ids = [r.data.tags["trial_id"] for r in trials]
+        assert len(trial_ids) == len(set(trial_ids)) == 3  # no child run duplicated
+        assert sorted(r.data.tags["decoder"] for r in trials) == ["bilinear", "deeplabv3plus", "nrd"]
+        again = client.get_run(first_trial.info.run_id)
+        assert again.info.end_time == first_trial.info.end_time  # the finished trial was not rerun
+        assert all(r.info.status == "FINISHED" for r in trials)
+        assert len([r for r in runs if r.data.tags.get("nrd_bench.kind") == "sweep"]) == 1
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
+        ray.init(num_cpus=2, include_dashboard=False)  # the module fixture shuts it down
