@@ -1,18 +1,11 @@
-"""pipeline.tracking and ``nrd-bench replay`` against real MLflow: a SQLite store, and an ``mlflow server`` that the
-tests stop and start again to cut the logger off."""
+"""pipeline.tracking and ``nrd-bench replay`` against real MLflow: a SQLite store, and an ``mlflow server`` (the
+``mlflow_server`` fixture of conftest.py) that the tests stop and start again to cut the logger off."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,64 +30,6 @@ def loss(step: int) -> float:
 
 def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(metric.step for metric in client.get_metric_history(run_id, key))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class MlflowServer:
-    """A real ``mlflow server`` in its own process group; stop() and start() keep its port and stores."""
-
-    def __init__(self, root: Path):
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.root = root
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        command = [
-            sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-            "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
-            "--workers", "1",
-        ]  # fmt: skip
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-        with open(self.root / "server.log", "ab") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=1):
-                    return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    pytest.fail(f"mlflow server did not answer on {self.uri}; see {self.root / 'server.log'}")
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        with contextlib.suppress(ProcessLookupError):  # anything left in its group
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process = None
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -187,13 +122,13 @@ def test_changing_a_param_raises_at_once(sqlite_uri, tmp_path):
     assert logger.pending == 0 and not (tmp_path / "buffer.jsonl").exists()
 
 
-def test_outage_is_buffered_then_sent(server, tmp_path):
-    run_id = create_run(server.uri, ensure_experiment(server.uri, "outage"), "drain")
+def test_outage_is_buffered_then_sent(mlflow_server, tmp_path):
+    run_id = create_run(mlflow_server.uri, ensure_experiment(mlflow_server.uri, "outage"), "drain")
     buffer = tmp_path / "buffer.jsonl"
-    logger = RunLogger(server.uri, run_id, buffer, retry_interval=0.2)
+    logger = RunLogger(mlflow_server.uri, run_id, buffer, retry_interval=0.2)
     for step in range(3):
         logger.log_metrics({"loss": loss(step)}, step)
-    server.stop()
+    mlflow_server.stop()
     artifact = tmp_path / "checkpoint.txt"
     artifact.write_text("weights")
     for step in range(3, 8):
@@ -207,51 +142,51 @@ def test_outage_is_buffered_then_sent(server, tmp_path):
     records = [json.loads(line) for line in buffer.read_text().splitlines()]
     assert [record["op"] for record in records] == ["log_metrics"] * 5 + ["log_params", "log_artifact"]
     assert {record["run_id"] for record in records} == {run_id}
-    assert {record["tracking_uri"] for record in records} == {server.uri}
+    assert {record["tracking_uri"] for record in records} == {mlflow_server.uri}
     assert [record["seq"] for record in records] == sorted({record["seq"] for record in records})
 
-    server.start()
+    mlflow_server.start()
     assert logger.flush()
     assert logger.pending == 0 and not buffer.exists() and not Path(f"{buffer}.artifacts").exists()
     logger.log_metrics({"loss": loss(8)}, 8)
     logger.close()
 
-    client = MlflowClient(server.uri)
+    client = MlflowClient(mlflow_server.uri)
     history = client.get_metric_history(run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == [(step, loss(step)) for step in range(9)]
     assert metric_steps(client, run_id, "acc") == [3, 4, 5, 6, 7]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.01"}
-    uploaded = list((server.root / "artifacts").rglob("checkpoint.txt"))
+    uploaded = list((mlflow_server.root / "artifacts").rglob("checkpoint.txt"))
     assert [path.read_text() for path in uploaded] == ["weights"]
 
 
-def test_buffer_left_by_a_dead_attempt_is_sent_first(server, tmp_path):
-    run_id = create_run(server.uri, ensure_experiment(server.uri, "crash"), "run")
+def test_buffer_left_by_a_dead_attempt_is_sent_first(mlflow_server, unused_port, tmp_path):
+    run_id = create_run(mlflow_server.uri, ensure_experiment(mlflow_server.uri, "crash"), "run")
     buffer = tmp_path / "buffer.jsonl"
-    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there: every call is buffered
+    nowhere = f"http://127.0.0.1:{unused_port}"  # nothing listens there: every call is buffered
     dead = RunLogger(nowhere, run_id, buffer)
     for step in range(3):
         dead.log_metrics({"loss": loss(step)}, step)
     assert dead.pending == 3 and len(buffer.read_text().splitlines()) == 3
     del dead  # the attempt crashes without closing
 
-    logger = RunLogger(server.uri, run_id, buffer)
+    logger = RunLogger(mlflow_server.uri, run_id, buffer)
     assert logger.pending == 0 and not buffer.exists()
     assert logger.last_step("loss") == 2
     logger.log_metrics({"loss": loss(3)}, 3)
     logger.close()
-    history = MlflowClient(server.uri).get_metric_history(run_id, "loss")
+    history = MlflowClient(mlflow_server.uri).get_metric_history(run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == [(step, loss(step)) for step in range(4)]
 
 
-def test_server_never_returns_then_replay(server, tmp_path, capsys):
-    experiment_id = ensure_experiment(server.uri, "replay")
-    run_id = create_run(server.uri, experiment_id, "run")
+def test_server_never_returns_then_replay(mlflow_server, tmp_path, capsys):
+    experiment_id = ensure_experiment(mlflow_server.uri, "replay")
+    run_id = create_run(mlflow_server.uri, experiment_id, "run")
     buffer = tmp_path / "kept" / "buffer.jsonl"
-    logger = RunLogger(server.uri, run_id, buffer, retry_interval=0.5)
+    logger = RunLogger(mlflow_server.uri, run_id, buffer, retry_interval=0.5)
     logger.log_metrics({"loss": loss(0)}, 0)
-    server.stop()
+    mlflow_server.stop()
     for step in range(1, 4):
         logger.log_metrics({"loss": loss(step)}, step)
     logger.log_params({"decoder": "nrd"})
@@ -261,25 +196,25 @@ def test_server_never_returns_then_replay(server, tmp_path, capsys):
         logger.close(timeout=3)
     assert 3 <= time.monotonic() - start < 10
     message = str(raised.value)
-    assert str(buffer) in message and f"nrd-bench replay {buffer}" in message and server.uri in message
+    assert str(buffer) in message and f"nrd-bench replay {buffer}" in message and mlflow_server.uri in message
 
     assert main(["replay", str(buffer)]) == 2  # still down: the file is kept
     assert "cannot reach" in capsys.readouterr().err and buffer.exists()
     copy = tmp_path / "copy.jsonl"
     copy.write_bytes(buffer.read_bytes())
 
-    server.start()
+    mlflow_server.start()
     assert main(["replay", str(buffer)]) == 0
     assert "metric_values 3" in capsys.readouterr().out
     assert not buffer.exists()
-    client = MlflowClient(server.uri)
+    client = MlflowClient(mlflow_server.uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params == {"decoder": "nrd"}
     assert [a.path for a in client.list_artifacts(run_id, "notes")] == ["notes/summary.txt"]
     history = client.get_metric_history(run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == [(step, loss(step)) for step in range(4)]
 
-    assert main(["replay", str(copy), "--tracking-uri", server.uri]) == 0
+    assert main(["replay", str(copy), "--tracking-uri", mlflow_server.uri]) == 0
     output = capsys.readouterr().out
     assert "skipped_metric_values 3" in output and not re.search(r"(?<!skipped_)metric_values", output)
     assert metric_steps(client, run_id, "loss") == [0, 1, 2, 3]
