@@ -41,6 +41,7 @@ CHECKPOINT_STATE = "state.pt"
 CHECKPOINT_WEIGHTS = "model.pt"
 RUN_RECORD = "mlflow_run.json"
 FINISHED_MARKER = "FINISHED"
+RESULT_FILE = "result.json"  # the final metrics, beside config.yaml
 PREDICTION_SAMPLES = 4
 # CPUs one Ray Data read/decode task asks for: below 1 so that a cluster whose cores are mostly reserved by training
 # workers (fractional ones included) still fits a data task instead of waiting forever.
@@ -546,7 +547,8 @@ def train(
     )
     result = trainer.fit()
     driver_logger.close(status="FINISHED")
-    write_atomic(directory / FINISHED_MARKER, time.strftime("%Y-%m-%dT%H:%M:%S\n"))
     metrics = dict(result.metrics or {})
+    write_atomic(directory / RESULT_FILE, json.dumps(metrics, indent=2, default=str))
+    write_atomic(directory / FINISHED_MARKER, time.strftime("%Y-%m-%dT%H:%M:%S\n"))
     print(f"finished {config.run.name}: {json.dumps(metrics, default=str)}", file=sys.stderr)
     return {"metrics": metrics, "run_id": record["run_id"], "directory": str(directory), "config": config.to_dict()}

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.config import ConfigError, TrainConfig, merge
 from pipeline.spaces import TRIAL_DRIVER_CPUS, SearchSpace, load_space
-from pipeline.train import resolve, start_ray, train, write_atomic
+from pipeline.train import FINISHED_MARKER, RESULT_FILE, resolve, start_ray, train, write_atomic
 
 SWEEP_RECORD = "sweep.json"
 SWEEP_KIND_TAG = "nrd_bench.kind"
@@ -62,6 +62,10 @@ def run_trial(sampled: dict[str, Any], space: SearchSpace, base: dict[str, Any],
         max_failures=0,
     )
     config = replace(config, run=run)
+    directory = Path(run.storage_path) / run.name
+    if (directory / FINISHED_MARKER).exists():  # finished before the sweep's driver could record it: report again
+        ray.tune.report(json.loads((directory / RESULT_FILE).read_text()))
+        return
     tags = {"trial_id": trial_id, "sweep": sweep["name"], "trial_values": json.dumps(values, default=str)}
     train(config, parent_run_id=sweep["run_id"], extra_tags=tags, callbacks=[TuneReportCallback()])
 

@@ -1,0 +1,362 @@
+"""Fault tolerance of ``nrd-bench train``, with real processes and no mocks: a node of a two-node Ray cluster dies
+mid-run, the driver is interrupted and run again, and the MLflow server goes away mid-run. Each time the run must
+end with the exact iteration count and leave one FINISHED MLflow run in which every metric step the workers logged
+is present exactly once; after a failure it must resume from its last checkpoint.
+
+The driver always runs as a subprocess (``python -m pipeline.cli train``) in its own session, so that the test can
+kill it, or a node under it, while it trains; its output (worker lines arrive through Ray's log_to_driver) is read
+line by line. The pytest process never connects to Ray (``ray.init``): other modules keep theirs. Each test gives
+Ray a private, short temp dir (``RAY_TMPDIR``): no ``ray.init()`` elsewhere on the machine can join these clusters,
+and whatever a killed driver leaves behind is found by that path and removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+ray = pytest.importorskip("ray")
+mlflow = pytest.importorskip("mlflow")
+
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Run  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from nrd.data import create_dataset, prepare_shards  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+ITERATIONS = 12
+LOG_INTERVAL = 1
+CHECKPOINT_INTERVAL = 4
+EXPERIMENT = "faults"
+TIMEOUT = 300  # seconds for any one stage of a run; a hang fails the test with the driver's output
+# Ray Train's record of the checkpoints it registered (written by the controller once every worker has reported)
+CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"
+# Ray rewrites 127.0.0.1/localhost in a cluster address to the machine's outward IP, so the nodes of the test
+# cluster announce other loopback addresses: nothing leaves the machine and the driver can still join
+HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic")
+    dataset = create_dataset("synthetic", num_samples={"train": 64, "val": 4}, size=(64, 64), num_classes=4, seed=5)
+    prepare_shards(dataset, out, progress=False)
+    return out
+
+
+@pytest.fixture
+def ray_env(monkeypatch) -> Iterator[dict[str, str]]:
+    """Environment for Ray processes with a private ``RAY_TMPDIR`` (short: Ray's socket paths must stay < 108
+    bytes); afterwards every process still running from it is killed and the folder removed."""
+    temp_dir = tempfile.mkdtemp(prefix="nrd-ray-", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", temp_dir)  # also for a Cluster started in this process
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    # the Train controller polls its workers every 2 s by default: registering a checkpoint, or noticing a dead
+    # worker, takes up to that long; 0.5 s keeps the runs short and the checkpoint registered soon after its report
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    yield env
+    for pid in processes_using(temp_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def processes_using(path: str) -> list[int]:
+    """Ids of the processes whose command line mentions ``path`` (every Ray process names its temp dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if path.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+    return pids
+
+
+def wait_for_exit(pids: list[int], timeout: float = 10) -> list[int]:
+    """Those of ``pids`` still running (zombies aside) after up to ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [pid for pid in pids if is_running(pid)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def is_running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class TrainProcess:
+    """``nrd-bench train ARGS`` in a new session; a thread collects its output lines (also written to ``log``, after
+    the seconds since the start)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path):
+        self.log = log
+        self.lines: list[str] = []
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "train", *args], cwd=REPO, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        with open(self.log, "a") as log:
+            for line in self.process.stdout:
+                self.lines.append(line.rstrip("\n"))
+                log.write(f"{time.monotonic() - self.started:7.1f}  {line}")
+                log.flush()
+
+    def fail(self, problem: str) -> NoReturn:
+        tail = "\n".join(self.lines[-40:])
+        pytest.fail(f"{problem}; full output in {self.log}, last lines:\n{tail}")
+
+    def matches(self, pattern: str) -> list[re.Match]:
+        return [match for line in list(self.lines) if (match := re.search(pattern, line))]
+
+    def wait_until(self, condition: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+        """Poll ``condition()`` until it returns something truthy, which is returned; fail if the driver exits or
+        ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        while not (value := condition()):
+            if self.process.poll() is not None:
+                self.reader.join(timeout=10)
+                if value := condition():
+                    return value
+                self.fail(f"the driver exited with code {self.process.returncode} before {what}")
+            if time.monotonic() > deadline:
+                self.fail(f"no {what} after {timeout} s")
+            time.sleep(0.2)
+        return value
+
+    def wait_for_line(self, pattern: str) -> re.Match:
+        return self.wait_until(lambda: next(iter(self.matches(pattern)), None), f"a line matching {pattern!r}")
+
+    def iterations(self) -> list[int]:
+        """The iterations rank 0 has printed."""
+        return [int(match[1]) for match in self.matches(rf"\biter (\d+)/{ITERATIONS}\b")]
+
+    def iteration(self) -> int:
+        """The last iteration rank 0 has printed (0 before the first)."""
+        return max(self.iterations(), default=0)
+
+    def finish(self, timeout: float = TIMEOUT) -> dict:
+        """Wait for the driver to exit; check it succeeded and return the result it printed (a JSON line; Ray may
+        print more lines after it while it shuts down)."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.fail(f"the driver was still running after {timeout} s")
+        self.reader.join(timeout=10)
+        if self.process.returncode != 0:
+            self.fail(f"the driver exited with code {self.process.returncode}")
+        results = [line for line in self.lines if line.startswith('{"run_id"')]
+        if not results:
+            self.fail("the driver printed no result")
+        return json.loads(results[-1])
+
+    def interrupt(self, grace: float = 5) -> int:
+        """Ctrl-C (SIGINT to the process group, as a terminal sends it), then SIGKILL to the group if the driver is
+        still there after ``grace`` s. Returns the iteration printed when SIGINT was sent: Ray Train registers no
+        checkpoint after it, though the workers may go on until they are killed."""
+        printed = self.iteration()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=grace)
+        self.kill()
+        return printed
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):  # the local Ray it started is in its group
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.reader.join(timeout=10)
+
+
+@pytest.fixture
+def drivers() -> Iterator[list[TrainProcess]]:
+    """Register every TrainProcess here: any still running when the test ends is killed."""
+    started: list[TrainProcess] = []
+    yield started
+    for driver in started:
+        driver.kill()
+
+
+def train_args(shards: Path, tmp_path: Path, name: str, *extra: str) -> list[str]:
+    return [
+        "--dataset-dir", str(shards), "--decoder", "deeplabv3plus", "--encoder", "resnet18", "--crop-size", "64x64",
+        "--batch-size", "4", "--lr", "0.05", "--iterations", str(ITERATIONS), "--log-interval", str(LOG_INTERVAL),
+        "--eval-interval", str(ITERATIONS), "--checkpoint-interval", str(CHECKPOINT_INTERVAL),
+        "--storage-path", str(tmp_path / "results"), "--name", name, "--experiment", EXPERIMENT, *extra,
+    ]  # fmt: skip
+
+
+def registered_checkpoint(run_dir: Path) -> int:
+    """Iteration of the last checkpoint Ray Train registered for the run (0 if none yet)."""
+    try:
+        snapshot = json.loads((run_dir / CHECKPOINT_SNAPSHOT).read_text())
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return 0
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    return int((latest.get("metrics") or {}).get("iteration", 0))
+
+
+def resumed_iteration(driver: TrainProcess) -> int:
+    """The iteration rank 0 resumed from (fails if it never said so)."""
+    return int(driver.wait_for_line(r"\[rank 0\] resumed from checkpoint at iteration (\d+)")[1])
+
+
+def every(interval: int) -> list[int]:
+    """Steps of a metric logged every ``interval`` iterations and at the last one."""
+    return sorted({*range(interval, ITERATIONS + 1, interval), ITERATIONS})
+
+
+def check_single_run(tracking_uri: str, expected_steps: dict[str, list[int]]) -> Run:
+    """The experiment holds exactly one FINISHED run; no metric has a step twice; the keys in ``expected_steps``
+    have exactly those steps. Returns the run."""
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert len(runs) == 1, [run.info.run_name for run in runs]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    history = {key: [m.step for m in client.get_metric_history(run.info.run_id, key)] for key in run.data.metrics}
+    duplicated = {key: steps for key, steps in history.items() if len(steps) != len(set(steps))}
+    assert not duplicated, f"metric steps logged more than once: {duplicated}"
+    for key, steps in expected_steps.items():
+        assert sorted(history.get(key, [])) == steps, key
+    return run
+
+
+def worker_nodes(driver: TrainProcess) -> dict[int, tuple[int, str]]:
+    """Worker process id → (rank, node id), from the line each worker prints when it starts."""
+    placement = r"pid=(\d+)\).*\[rank (\d+)/\d+\] node ([0-9a-f]+) device"
+    return {int(m[1]): (int(m[2]), m[3]) for m in driver.matches(placement)}
+
+
+def resumed_workers(driver: TrainProcess) -> dict[int, int]:
+    """Worker process id → the iteration it resumed from."""
+    return {int(m[1]): int(m[2]) for m in driver.matches(r"pid=(\d+)\).*resumed from checkpoint at iteration (\d+)")}
+
+
+def test_node_failure_resumes_from_the_last_checkpoint(shards, tmp_path, ray_env, drivers):
+    cluster = Cluster(
+        initialize_head=True,
+        shutdown_at_exit=False,  # True would make pytest a process-group leader; the finally below cleans up
+        head_node_args={"num_cpus": 3, "node_ip_address": HEAD_IP, "include_dashboard": False},
+    )
+    try:
+        # 2 CPUs per train worker: one worker fits per node, and the head keeps 1 CPU for Ray Data's tasks
+        worker_node = cluster.add_node(num_cpus=2, node_ip_address=WORKER_IP)
+        tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        args = train_args(
+            shards, tmp_path, "nodes", "--address", cluster.address,
+            "--workers", "2", "--cpus-per-worker", "2", "--max-failures", "1", "--tracking-uri", tracking_uri,
+        )  # fmt: skip
+        driver = TrainProcess(args, ray_env, tmp_path / "driver.log")
+        drivers.append(driver)
+        first_attempt = driver.wait_until(lambda: len(worker_nodes(driver)) == 2 and worker_nodes(driver),
+                                          "both workers' placement lines")  # fmt: skip
+        assert {node for _, node in first_attempt.values()} == {cluster.head_node.node_id, worker_node.node_id}
+
+        run_dir = tmp_path / "results" / "nodes"
+        checkpoint = driver.wait_until(lambda: registered_checkpoint(run_dir), "a registered checkpoint")
+        printed_before_kill = driver.iteration()
+        cluster.remove_node(worker_node, allow_graceful=False)
+        replacement = cluster.add_node(num_cpus=2, node_ip_address=WORKER_IP)
+
+        result = driver.finish()
+        assert result["iteration"] == ITERATIONS
+        resumed = resumed_workers(driver)
+        assert len(resumed) == 2 and not resumed.keys() & first_attempt.keys()  # two new workers...
+        nodes = worker_nodes(driver)
+        assert {nodes[pid][1] for pid in resumed} == {cluster.head_node.node_id, replacement.node_id}  # ...on both
+        (resumed_at,) = set(resumed.values())
+        assert resumed_at >= checkpoint and resumed_at % CHECKPOINT_INTERVAL == 0
+        assert printed_before_kill - resumed_at <= CHECKPOINT_INTERVAL, (printed_before_kill, resumed_at)
+        check_single_run(tracking_uri, {"loss": every(LOG_INTERVAL), "mIoU": [ITERATIONS]})
+    finally:
+        cluster.shutdown()
+
+
+def test_interrupted_driver_resumes_when_run_again(shards, tmp_path, ray_env, drivers):
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = train_args(shards, tmp_path, "restart", "--cpus-per-worker", "1", "--tracking-uri", tracking_uri)
+    first = TrainProcess(args, ray_env, tmp_path / "first.log")
+    drivers.append(first)
+    run_dir = tmp_path / "results" / "restart"
+    first.wait_until(lambda: registered_checkpoint(run_dir), "a registered checkpoint")
+    printed_at_interrupt = first.interrupt()
+    assert printed_at_interrupt < ITERATIONS, "the run ended before the driver was interrupted"
+    left = wait_for_exit(processes_using(ray_env["RAY_TMPDIR"]))
+    assert not left, f"processes of the killed driver's Ray still running: {left}"
+    last_checkpoint = registered_checkpoint(run_dir)
+
+    second = TrainProcess(args, ray_env, tmp_path / "second.log")
+    drivers.append(second)
+    result = second.finish()
+    assert result["iteration"] == ITERATIONS
+    resumed = resumed_iteration(second)
+    assert resumed == last_checkpoint and resumed % CHECKPOINT_INTERVAL == 0
+    assert printed_at_interrupt - resumed <= CHECKPOINT_INTERVAL, (printed_at_interrupt, resumed)
+    assert min(second.iterations()) == resumed + LOG_INTERVAL
+    check_single_run(tracking_uri, {"loss": every(LOG_INTERVAL), "mIoU": [ITERATIONS]})
+
+
+def buffered_steps(buffer: Path) -> list[int]:
+    """Steps of the metrics waiting in a RunLogger buffer file (a line being written is skipped)."""
+    steps = []
+    with contextlib.suppress(OSError):
+        for line in buffer.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record["op"] == "log_metrics":
+                    steps.append(record["payload"]["step"])
+    return steps
+
+
+def test_mlflow_server_outage_loses_no_metric(shards, tmp_path, ray_env, drivers, mlflow_server):
+    eval_interval = ITERATIONS // 2
+    args = train_args(
+        shards, tmp_path, "outage", "--cpus-per-worker", "1", "--tracking-uri", mlflow_server.uri,
+        "--eval-interval", str(eval_interval),
+    )  # fmt: skip
+    driver = TrainProcess(args, ray_env, tmp_path / "driver.log")
+    drivers.append(driver)
+    record = tmp_path / "results" / "outage" / "mlflow_run.json"
+    run_id = driver.wait_until(lambda: record.is_file() and json.loads(record.read_text())["run_id"], "the MLflow run")
+    client = MlflowClient(mlflow_server.uri)
+    driver.wait_until(lambda: client.get_metric_history(run_id, "loss"), "a loss value in MLflow")
+    mlflow_server.stop()
+    buffer = tmp_path / "results" / "outage" / "mlflow-buffer.jsonl"  # rank 0's, while MLflow cannot be reached
+    driver.wait_until(lambda: len(buffered_steps(buffer)) >= 2, "metrics buffered during the outage")
+    mlflow_server.start()
+
+    result = driver.finish()
+    assert result["iteration"] == ITERATIONS
+    run = check_single_run(mlflow_server.uri, {"loss": every(LOG_INTERVAL), "mIoU": every(eval_interval)})
+    assert run.info.run_id == run_id
+    assert not buffer.exists()
