@@ -546,9 +546,9 @@ def train(
         datasets=build_datasets(config, manifest),
     )
     result = trainer.fit()
-    driver_logger.close(status="FINISHED")
     metrics = dict(result.metrics or {})
     write_atomic(directory / RESULT_FILE, json.dumps(metrics, indent=2, default=str))
     write_atomic(directory / FINISHED_MARKER, time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+    driver_logger.close(status="FINISHED")  # last: a FINISHED run in MLflow implies the marker exists
     print(f"finished {config.run.name}: {json.dumps(metrics, default=str)}", file=sys.stderr)
     return {"metrics": metrics, "run_id": record["run_id"], "directory": str(directory), "config": config.to_dict()}

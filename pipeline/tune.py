@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.config import ConfigError, TrainConfig, merge
 from pipeline.spaces import TRIAL_DRIVER_CPUS, SearchSpace, load_space
-from pipeline.train import FINISHED_MARKER, RESULT_FILE, resolve, start_ray, train, write_atomic
+from pipeline.train import FINISHED_MARKER, RESULT_FILE, RUN_RECORD, resolve, start_ray, train, write_atomic
 
 SWEEP_RECORD = "sweep.json"
 SWEEP_KIND_TAG = "nrd_bench.kind"
@@ -48,7 +48,10 @@ def param_space(space: SearchSpace) -> dict[str, Any]:
 def run_trial(sampled: dict[str, Any], space: SearchSpace, base: dict[str, Any], sweep: dict[str, str]) -> None:
     """The Tune function trainable: one training run with this trial's values, as a child MLflow run."""
     import ray.tune
+    from mlflow import MlflowClient
     from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipeline.tracking import RunLogger
 
     context = ray.tune.get_context()
     trial_id = context.get_trial_id()
@@ -64,6 +67,10 @@ def run_trial(sampled: dict[str, Any], space: SearchSpace, base: dict[str, Any],
     config = replace(config, run=run)
     directory = Path(run.storage_path) / run.name
     if (directory / FINISHED_MARKER).exists():  # finished before the sweep's driver could record it: report again
+        record = json.loads((directory / RUN_RECORD).read_text())
+        logger = RunLogger(record["tracking_uri"], record["run_id"], str(directory / "mlflow-driver-buffer.jsonl"))
+        if MlflowClient(record["tracking_uri"]).get_run(record["run_id"]).info.status == "RUNNING":
+            logger.close(status="FINISHED")  # killed between the marker and closing the run
         ray.tune.report(json.loads((directory / RESULT_FILE).read_text()))
         return
     tags = {"trial_id": trial_id, "sweep": sweep["name"], "trial_values": json.dumps(values, default=str)}

@@ -1,15 +1,19 @@
-"""Fixtures shared by test modules: a real ``mlflow server`` that tests can stop and start again."""
+"""Fixtures shared by test modules: a real ``mlflow server`` that tests can stop and start again, and a private
+Ray temp dir for tests whose Ray runs in other processes."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,3 +82,32 @@ def mlflow_server(tmp_path_factory):
 def unused_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listened on when the fixture ran."""
     return free_port()
+
+
+@pytest.fixture
+def ray_env(monkeypatch) -> Iterator[dict[str, str]]:
+    """Environment for Ray processes with a private ``RAY_TMPDIR`` (short: Ray's socket paths must stay < 108
+    bytes); afterwards every process still running from it is killed and the folder removed."""
+    temp_dir = tempfile.mkdtemp(prefix="nrd-ray-", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", temp_dir)  # also for a Cluster started in this process
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    # the Train controller polls its workers every 2 s by default: registering a checkpoint, or noticing a dead
+    # worker, takes up to that long; 0.5 s keeps the runs short and the checkpoint registered soon after its report
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    yield env
+    for pid in processes_using(temp_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def processes_using(path: str) -> list[int]:
+    """Ids of the processes whose command line mentions ``path`` (every Ray process names its temp dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if path.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+    return pids

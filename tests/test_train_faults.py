@@ -16,11 +16,9 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +30,7 @@ import pytest
 ray = pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
+from conftest import processes_using  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Run  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -59,35 +58,6 @@ def shards(tmp_path_factory) -> Path:
     dataset = create_dataset("synthetic", num_samples={"train": 64, "val": 4}, size=(64, 64), num_classes=4, seed=5)
     prepare_shards(dataset, out, progress=False)
     return out
-
-
-@pytest.fixture
-def ray_env(monkeypatch) -> Iterator[dict[str, str]]:
-    """Environment for Ray processes with a private ``RAY_TMPDIR`` (short: Ray's socket paths must stay < 108
-    bytes); afterwards every process still running from it is killed and the folder removed."""
-    temp_dir = tempfile.mkdtemp(prefix="nrd-ray-", dir="/tmp")
-    monkeypatch.setenv("RAY_TMPDIR", temp_dir)  # also for a Cluster started in this process
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    # the Train controller polls its workers every 2 s by default: registering a checkpoint, or noticing a dead
-    # worker, takes up to that long; 0.5 s keeps the runs short and the checkpoint registered soon after its report
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
-    yield env
-    for pid in processes_using(temp_dir):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def processes_using(path: str) -> list[int]:
-    """Ids of the processes whose command line mentions ``path`` (every Ray process names its temp dir)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if path.encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-    return pids
 
 
 def wait_for_exit(pids: list[int], timeout: float = 10) -> list[int]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,13 +15,13 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray")
+from conftest import processes_using  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from nrd.data import create_dataset, prepare_shards  # noqa: E402
 from pipeline.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 
 SPACE = """
 search:
@@ -106,45 +107,43 @@ def test_sweep_and_pareto_on_an_mlflow_server(local_ray, shards, tmp_path, capsy
     sweep_then_pareto(mlflow_server.uri, shards, tmp_path, capsys, ["bilinear"])  # one trial: HTTP is what differs
 
 
-def test_killed_sweep_resumes_without_rerunning_or_duplicating(local_ray, shards, tmp_path):
-    ray.shutdown()  # the driver below starts its own local Ray
-    try:
-        space = write_space(tmp_path, "bilinear, nrd")
-        tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        command = [sys.executable, "-m", "pipeline.cli", "tune", "--space", str(space), "--dataset-dir", str(shards),
-                   "--storage-path", str(tmp_path / "results"), "--tracking-uri", tracking_uri, "--name", "resume"]
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}  # fmt: skip
-        with open(tmp_path / "first.log", "wb") as log:
-            driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
-        client = MlflowClient(tracking_uri)
-        deadline = time.monotonic() + 400
-        finished = []
-        while not finished and time.monotonic() < deadline and driver.poll() is None:
-            time.sleep(2)
-            if (tmp_path / "mlflow.db").exists():
-                experiment = client.get_experiment_by_name("nrd-bench")
-                runs = client.search_runs([experiment.experiment_id]) if experiment else []
-                finished = [r for r in runs if r.data.tags.get("trial_id") and r.info.status == "FINISHED"]
-        assert finished, f"no trial finished; see {tmp_path / 'first.log'}"
-        os.killpg(driver.pid, signal.SIGKILL)  # a driver crash: no clean-up at all
-        driver.wait()
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env, check=False)  # its orphaned Ray
-        first_trial = finished[0]
+def test_killed_sweep_resumes_without_rerunning_or_duplicating(shards, tmp_path, ray_env):
+    """The driver (with its own local Ray, in a private RAY_TMPDIR) is SIGKILLed once a trial has finished."""
+    space = write_space(tmp_path, "bilinear, nrd")
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = [sys.executable, "-m", "pipeline.cli", "tune", "--space", str(space), "--dataset-dir", str(shards),
+               "--storage-path", str(tmp_path / "results"), "--tracking-uri", tracking_uri,
+               "--name", "resume"]  # fmt: skip
+    with open(tmp_path / "first.log", "wb") as log:
+        driver = subprocess.Popen(command, cwd=tmp_path, env=ray_env, stdout=log, stderr=log, start_new_session=True)
+    client = MlflowClient(tracking_uri)
+    deadline = time.monotonic() + 400
+    finished = []
+    while not finished and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(2)
+        if (tmp_path / "mlflow.db").exists():
+            experiment = client.get_experiment_by_name("nrd-bench")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            finished = [r for r in runs if r.data.tags.get("trial_id") and r.info.status == "FINISHED"]
+    assert finished, f"no trial finished; see {tmp_path / 'first.log'}"
+    os.killpg(driver.pid, signal.SIGKILL)  # a driver crash: no clean-up at all
+    driver.wait()
+    for pid in processes_using(ray_env["RAY_TMPDIR"]):  # its orphaned Ray, and only its own
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    first_trial = finished[0]
 
-        resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True,
-                                 timeout=600)  # fmt: skip
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert "resuming sweep resume" in resumed.stderr
-        experiment = client.get_experiment_by_name("nrd-bench")
-        runs = client.search_runs([experiment.experiment_id])
-        trials = [r for r in runs if r.data.tags.get("trial_id")]
-        trial_ids = [r.data.tags["trial_id"] for r in trials]
-        assert len(trial_ids) == len(set(trial_ids)) == 2  # no child run duplicated
-        assert sorted(r.data.tags["decoder"] for r in trials) == ["bilinear", "nrd"]
-        again = client.get_run(first_trial.info.run_id)
-        assert again.info.end_time == first_trial.info.end_time  # the finished trial was not rerun
-        assert all(r.info.status == "FINISHED" for r in trials)
-        assert len([r for r in runs if r.data.tags.get("nrd_bench.kind") == "sweep"]) == 1
-    finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
-        ray.init(num_cpus=2, include_dashboard=False)  # the module fixture shuts it down
+    resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, env=ray_env, capture_output=True, text=True,
+                             timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming sweep resume" in resumed.stderr
+    experiment = client.get_experiment_by_name("nrd-bench")
+    runs = client.search_runs([experiment.experiment_id])
+    trials = [r for r in runs if r.data.tags.get("trial_id")]
+    trial_ids = [r.data.tags["trial_id"] for r in trials]
+    assert len(trial_ids) == len(set(trial_ids)) == 2  # no child run duplicated
+    assert sorted(r.data.tags["decoder"] for r in trials) == ["bilinear", "nrd"]
+    again = client.get_run(first_trial.info.run_id)
+    assert again.info.end_time == first_trial.info.end_time  # the finished trial was not rerun
+    assert all(r.info.status == "FINISHED" for r in trials)
+    assert len([r for r in runs if r.data.tags.get("nrd_bench.kind") == "sweep"]) == 1
