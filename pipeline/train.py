@@ -11,6 +11,7 @@ MLflow run without repeating a metric step.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -298,12 +299,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             final = iteration == schedule.iterations
             examples = []
             if iteration % schedule.eval_interval == 0 or final:
-                keep = PREDICTION_SAMPLES if final and rank == 0 else 0
+                keep = (PREDICTION_SAMPLES if final else 1) if rank == 0 else 0
                 results, examples = evaluate(model, val_shard, num_classes, ignore_index, device, use_amp, keep)
                 values = results.compute()
                 metrics |= {key: values[key] for key in ("mIoU", "aAcc", "mAcc", "mDice", "mBIoU")}
                 metrics |= {f"trimap_mIoU_{width}px": value for width, value in values["trimap_mIoU"].items()}
                 if rank == 0:
+                    metrics |= static_cost(unwrap(model), eval_shape(examples, config))  # searches may optimise it
                     print(f"iter {iteration}: val mIoU {values['mIoU']:.2f}  aAcc {values['aAcc']:.2f}", flush=True)
             if logger and metrics:
                 logger.log_metrics({k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}, iteration)
@@ -337,22 +339,31 @@ def report_checkpoint(model, optimizer, iteration: int, metrics: dict, rank: int
         ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
+def eval_shape(examples: list, config: TrainConfig) -> tuple[int, int, int, int]:
+    """(1, 3, H, W) of the first evaluated image: the size cost is counted at."""
+    height, width = examples[0][0].shape[-2:] if examples else config.data.crop_size or (512, 512)
+    return (1, 3, int(height), int(width))
+
+
+@functools.cache
+def _static_cost(network: torch.nn.Module, shape: tuple[int, int, int, int]) -> dict[str, float]:
+    gmacs, params = count_macs(network, shape), count_params(network)
+    return {"gmacs_model": gmacs["model"], "gmacs_decoder": gmacs["decoder"], "params_m": params["model"]}
+
+
+def static_cost(network: torch.nn.Module, shape: tuple[int, int, int, int]) -> dict[str, float]:
+    """GMACs (model, decoder) and params of ``network`` at ``shape``: shapes only, so computed once per size."""
+    return dict(_static_cost(network, shape))
+
+
 def finish(logger, model, values: dict, examples: list, manifest: dict, config: TrainConfig, device) -> dict:
     """Rank 0 after the last iteration: cost at the evaluation size, latency, per-class IoU, pictures, weights.
     Returns the cost metrics, which also go into the final report (multi-objective searches need them)."""
     network = unwrap(model)
-    height, width = examples[0][0].shape[-2:] if examples else config.data.crop_size or (512, 512)
-    shape = (1, 3, int(height), int(width))
-    gmacs = count_macs(network, shape)
-    params = count_params(network)
+    shape = eval_shape(examples, config)
     latency = measure_latency(network, shape, levels=("model",), device=device, warmup=1, repeats=5)
     network.train()
-    cost = {
-        "gmacs_model": gmacs["model"],
-        "gmacs_decoder": gmacs["decoder"],
-        "params_m": params["model"],
-        "latency_p50_ms": latency["model"]["p50"],
-    }
+    cost = static_cost(network, shape) | {"latency_p50_ms": latency["model"]["p50"]}
     logger.log_metrics(cost, config.schedule.iterations)
     logger.set_tags({"eval_input": "x".join(map(str, shape)), "cost_convention": "MACs (FLOPs = 2 x MACs)"})
     rows = io.StringIO()
@@ -401,7 +412,7 @@ def resolve(config: TrainConfig) -> tuple[TrainConfig, dict]:
 
 def start_ray(address: str | None) -> None:
     """Connect to the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray bound to 127.0.0.1 (no
-    dashboard, no usage stats); nothing when this process is already connected (e.g. inside a Tune trial)."""
+    usage stats); nothing when this process is already connected (e.g. inside a Tune trial)."""
     import ray
 
     if ray.is_initialized():
@@ -410,7 +421,9 @@ def start_ray(address: str | None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):  # e.g. a job submitted to a cluster has RAY_ADDRESS set
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
+        # The dashboard (bound to 127.0.0.1) stays on: Ray Train's placement-group cleaner reads it, and without
+        # it a trial stopped by ASHA leaks its workers' reservation and later trials wait forever.
+        ray.init(_node_ip_address="127.0.0.1", log_to_driver=True)
 
 
 def check_cluster(config: TrainConfig) -> None:

@@ -25,6 +25,7 @@ from pipeline.train import FINISHED_MARKER, RESULT_FILE, RUN_RECORD, resolve, st
 
 SWEEP_RECORD = "sweep.json"
 SWEEP_KIND_TAG = "nrd_bench.kind"
+KEY_SEPARATOR = "__"  # stands for "." in Tune's parameter names
 
 
 def tune_distribution(kind: str, arguments: Any):
@@ -41,8 +42,16 @@ def tune_distribution(kind: str, arguments: Any):
 
 
 def param_space(space: SearchSpace) -> dict[str, Any]:
-    # Tune treats dots in keys as nesting; keep our dotted keys flat by encoding them.
-    return {key.replace(".", "/"): tune_distribution(kind, arguments) for key, (kind, arguments) in space.space.items()}
+    # Tune and its searchers treat "." and "/" in keys as nesting; keep our dotted keys flat by encoding them.
+    return {encode_key(key): tune_distribution(kind, arguments) for key, (kind, arguments) in space.space.items()}
+
+
+def encode_key(key: str) -> str:
+    return key.replace(".", KEY_SEPARATOR)
+
+
+def decode_key(key: str) -> str:
+    return key.replace(KEY_SEPARATOR, ".")
 
 
 def run_trial(sampled: dict[str, Any], space: SearchSpace, base: dict[str, Any], sweep: dict[str, str]) -> None:
@@ -55,7 +64,7 @@ def run_trial(sampled: dict[str, Any], space: SearchSpace, base: dict[str, Any],
 
     context = ray.tune.get_context()
     trial_id = context.get_trial_id()
-    values = {key.replace("/", "."): value for key, value in sampled.items()}
+    values = {decode_key(key): value for key, value in sampled.items()}
     config = TrainConfig.from_dict(merge(base, space.trial_overrides(values)), source=f"{space.path} trial {trial_id}")
     run = replace(
         config.run,
