@@ -31,7 +31,6 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import sys
 import urllib.parse
@@ -52,6 +51,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from nrd.errors import NRDBenchError, UnknownNameError
 from pipeline.config import RunSettings
+from pipeline.files import write_atomic
 from pipeline.tracking import PARENT_RUN_TAG, _mlflow_call, create_run
 
 KIND_TAG = "nrd_bench.kind"
@@ -419,7 +419,7 @@ def write_csv(runs: DatasetRuns, path: Path) -> None:
                          *(point.hyperparameters.get(name, "") for name in hyperparameters), point.eval_input,
                          "" if point.x is None else point.x, "" if point.y is None else point.y,
                          str(point.on_front).lower(), "" if point.rank is None else point.rank])  # fmt: skip
-    _write_atomic(path, text.getvalue().encode())
+    write_atomic(path, text.getvalue().encode())
 
 
 def plot_front(runs: DatasetRuns, path: Path) -> None:
@@ -455,7 +455,7 @@ def plot_front(runs: DatasetRuns, path: Path) -> None:
         _label_front(axes, runs)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    _write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
 
 def _draw_points(axes: Axes, runs: DatasetRuns) -> None:
@@ -508,14 +508,6 @@ def _label_front(axes: Axes, runs: DatasetRuns) -> None:
         taken.append(box)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, so it is never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
 def write_reports(groups: dict[str, DatasetRuns], out_dir: Path) -> dict[str, list[Path]]:
     """Write, per data set, ``<dataset>_<y>_vs_<x>.png`` and ``.csv``, and one ``pareto_<y>_vs_<x>.json`` holding
     ``{dataset: {"front": [...], "points": [...]}}``; returns the paths per data set (and ``"json"``)."""
@@ -528,7 +520,7 @@ def write_reports(groups: dict[str, DatasetRuns], out_dir: Path) -> dict[str, li
         plot_front(runs, paths[name][0])
         write_csv(runs, paths[name][1])
     paths["json"] = [out_dir / f"pareto_{axes}.json"]
-    _write_atomic(paths["json"][0], (json.dumps(to_json(groups), indent=2) + "\n").encode())
+    write_atomic(paths["json"][0], (json.dumps(to_json(groups), indent=2) + "\n").encode())
     return paths
 
 

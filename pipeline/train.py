@@ -37,6 +37,7 @@ from nrd.data.base import decode_image, decode_label
 from nrd.data.transforms import TRAIN_PRESETS, TrainTransform, TrainTransformConfig, ValTransform
 from nrd.metrics import SegmentationMetrics
 from pipeline.config import FROM_DATA, ConfigError, TrainConfig
+from pipeline.files import write_atomic
 
 CHECKPOINT_STATE = "state.pt"
 CHECKPOINT_WEIGHTS = "model.pt"
@@ -472,12 +473,6 @@ def start_tracking(
     directory.mkdir(parents=True, exist_ok=True)
     write_atomic(record_path, json.dumps(record, indent=2))
     return record
-
-
-def write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def git_commit() -> str:

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, TrainConfig, merge
+from pipeline.files import write_atomic
 from pipeline.spaces import TRIAL_DRIVER_CPUS, SearchSpace, load_space
-from pipeline.train import FINISHED_MARKER, RESULT_FILE, RUN_RECORD, resolve, start_ray, train, write_atomic
+from pipeline.train import FINISHED_MARKER, RESULT_FILE, RUN_RECORD, resolve, start_ray, train
 
 SWEEP_RECORD = "sweep.json"
 SWEEP_KIND_TAG = "nrd_bench.kind"
