@@ -52,7 +52,7 @@ ALIASES = {
     "iterations": "schedule.iterations",
 }
 SCHEDULERS = ("asha", "fifo")
-TRIAL_DRIVER_CPUS = 0.01  # the Tune trial process that starts a trial's TorchTrainer
+TRIAL_DRIVER_CPUS = 0.01  # a multi-worker trial's own process, which starts its TorchTrainer
 DATA_CPUS = 1.0  # what Ray Data needs free besides the trials: its file-listing task asks for a whole CPU
 MODES = ("max", "min")
 
@@ -67,6 +67,22 @@ class SearchSettings:
     grace_period: int = 1
     reduction_factor: int = 2
     resources: dict[str, float] = field(default_factory=lambda: {"workers": 1, "cpus_per_worker": 1.0})
+
+    def trial_resources(self) -> dict[str, float]:
+        """What one Tune trial asks Ray for. A single-worker trial trains in its own process, so it holds the
+        worker's CPUs (and GPUs); a multi-worker trial holds almost nothing: its TorchTrainer's workers hold the
+        rest."""
+        workers = self.resources.get("workers", 1)
+        if workers > 1:
+            return {"CPU": TRIAL_DRIVER_CPUS}
+        gpus = self.resources.get("gpus_per_worker", 0)
+        return {"CPU": self.resources.get("cpus_per_worker", 1.0)} | ({"GPU": gpus} if gpus else {})
+
+    def cpus_per_trial(self) -> float:
+        """CPUs one trial takes in all: its own process and its training workers."""
+        workers = self.resources.get("workers", 1)
+        driver = TRIAL_DRIVER_CPUS if workers > 1 else 0.0
+        return workers * self.resources.get("cpus_per_worker", 1.0) + driver
 
     @property
     def multi_objective(self) -> bool:
@@ -212,8 +228,7 @@ def _search_settings(path: str, values: Mapping[str, Any], available_cpus: float
         if not _is_number(value) or value < 0 or (key != "gpus_per_worker" and value <= 0):
             raise _error(path, f"search.resources.{key}", f"expected a positive number, got {value!r}")
     if available_cpus is not None:
-        per_trial = resources.get("workers", 1) * resources.get("cpus_per_worker", 1.0) + TRIAL_DRIVER_CPUS
-        needed = per_trial * settings.max_concurrent
+        needed = settings.cpus_per_trial() * settings.max_concurrent
         if needed + DATA_CPUS > available_cpus:
             raise _error(
                 path, "search.resources",

@@ -141,8 +141,9 @@ class RunLogger:
 
     A resumed attempt logs into the same run: at construction the logger reads the run's metric history, and
     ``log_metrics`` drops keys whose step is not after the last logged one; ``last_step`` tells where MLflow stands.
-    ``close`` ends the run, or raises ``TrackingUnavailableError`` naming the buffer file and the
-    ``nrd-bench replay`` command when MLflow stayed unreachable for ``give_up_after`` seconds.
+    ``close`` ends the run (``drain`` sends everything without ending it), or raises ``TrackingUnavailableError``
+    naming the buffer file and the ``nrd-bench replay`` command when MLflow stayed unreachable for
+    ``give_up_after`` seconds.
     """
 
     def __init__(
@@ -229,14 +230,18 @@ class RunLogger:
         return self._drain(force=True)
 
     def close(self, status: str = "FINISHED", timeout: float | None = None) -> None:
-        """Send everything and end the run with ``status`` (FINISHED, FAILED or KILLED). If MLflow stays
-        unreachable for ``timeout`` seconds (default ``give_up_after``), raise ``TrackingUnavailableError``; the
-        buffer file then holds everything, the end of the run included, for ``nrd-bench replay``."""
+        """Send everything and end the run with ``status`` (FINISHED, FAILED or KILLED); see ``drain``."""
         if status not in TERMINAL_STATUSES:
             raise UnknownNameError("run status", status, TERMINAL_STATUSES)
+        self._submit("set_terminated", {"status": status, "end_time": _now_ms()})
+        self.drain(timeout)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Send everything queued, leaving the run as it is (a training worker's logger: the driver ends the run).
+        If MLflow stays unreachable for ``timeout`` seconds (default ``give_up_after``), raise
+        ``TrackingUnavailableError``; the buffer file then holds everything for ``nrd-bench replay``."""
         start = time.monotonic()
         limit = self.give_up_after if timeout is None else timeout
-        self._submit("set_terminated", {"status": status, "end_time": _now_ms()})
         while not self._drain(force=True):
             waited = time.monotonic() - start
             if waited >= limit:

@@ -5,7 +5,8 @@ Data pipelines (Parquet shards → decode → augment, in Ray Data's CPU tasks) 
 ``train_loop``: the official iteration schedule, periodic evaluation with dataset-level metrics summed across
 workers, and checkpoints holding the full state, reported through ``ray.train.report``. A restarted attempt (worker
 or node failure, or the same command run again) resumes from ``ray.train.get_checkpoint()`` and logs into the same
-MLflow run without repeating a metric step.
+MLflow run without repeating a metric step. Inside a Ray Tune trial, a single-worker run executes the same loop in
+the trial's process instead (see ``TrialSession``).
 """
 
 from __future__ import annotations
@@ -200,19 +201,81 @@ def prediction_figure(image: torch.Tensor, label: torch.Tensor, prediction: torc
     return buffer.getvalue()
 
 
-def train_loop(loop_config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker. ``loop_config``: the resolved config dict, the manifest, the MLflow run."""
+class WorkerSession:
+    """What ``train_loop`` needs from its runner, on a Ray Train worker (a ``TorchTrainer`` run)."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def checkpoint(self):
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def dataset(self, name: str):
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class TrialSession:
+    """The same for a single-worker run inside a Ray Tune trial: the loop runs in the trial's own process on the
+    resources the trial holds, reads the whole Ray Data datasets and reports straight to Tune. No ``TorchTrainer``,
+    hence no placement group that a trial stopped early by ASHA could leave reserved."""
+
+    rank, world = 0, 1
+
+    def __init__(self, datasets: dict[str, Any], use_gpu: bool):
+        self.datasets = datasets
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.last_metrics: dict[str, Any] = {}
+
+    def checkpoint(self):
+        import ray.tune
+
+        return ray.tune.get_checkpoint()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def dataset(self, name: str):
+        return self.datasets[name]
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        import ray.tune
+
+        self.last_metrics = dict(metrics)
+        checkpoint = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.tune.report(metrics, checkpoint=checkpoint)
+
+
+def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSession | None = None) -> None:
+    """Runs on every Ray Train worker (``session`` None: a ``WorkerSession``), or in a Tune trial's process
+    (``TrialSession``). ``loop_config``: the resolved config dict, the manifest, the MLflow run."""
     import ray
-    import ray.train
-    import ray.train.torch
 
     from pipeline.tracking import RunLogger
 
     config = TrainConfig.from_dict(loop_config["config"], source="train loop config")
     manifest = loop_config["manifest"]
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+    session = session or WorkerSession()
+    rank, world, device = session.rank, session.world, session.device
     use_amp = device.type == "cuda"
     schedule = config.schedule
     node = ray.get_runtime_context().get_node_id()
@@ -228,7 +291,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         model.parameters(), lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay
     )
     iteration = 0
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
             state = torch.load(Path(directory) / CHECKPOINT_STATE, map_location="cpu", weights_only=True)
@@ -240,14 +303,14 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         print(f"[rank {rank}] resumed from checkpoint at iteration {iteration}", flush=True)
     if rank != 0 or not checkpoint:
         seed_everything(schedule.seed * 1009 + rank * 7919 + iteration)
-    model = ray.train.torch.prepare_model(model)
+    model = session.prepare_model(model)
 
     logger = None
     if rank == 0:
         logger = RunLogger(loop_config["tracking_uri"], loop_config["run_id"], loop_config["buffer_path"])
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    train_shard = session.dataset("train")
+    val_shard = session.dataset("val")
     batch_size = config.per_worker_batch_size
     ignore_index = manifest["ignore_index"]
     num_classes = manifest["num_classes"]
@@ -313,20 +376,18 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             if final and rank == 0:
                 metrics |= finish(logger, model, values, examples, manifest, config, device)
             if iteration % schedule.checkpoint_interval == 0 or final:
-                report_checkpoint(model, optimizer, iteration, metrics, rank)
+                report_checkpoint(session, model, optimizer, iteration, metrics)
             elif iteration % schedule.eval_interval == 0:  # evaluations reach Tune's schedulers too
-                ray.train.report({"iteration": iteration, **metrics}, checkpoint=None)
+                session.report({"iteration": iteration, **metrics})
     if logger:
-        logger.close()
+        logger.drain()  # the driver ends the run, after writing the finished marker
 
 
-def report_checkpoint(model, optimizer, iteration: int, metrics: dict, rank: int) -> None:
+def report_checkpoint(session, model, optimizer, iteration: int, metrics: dict) -> None:
     """Every worker reports (Ray needs the same number of reports from each); only rank 0 writes the files."""
-    import ray.train
-
     reported = {"iteration": iteration, **{k: v for k, v in metrics.items() if v is not None}}
-    if rank != 0:
-        ray.train.report(reported, checkpoint=None)
+    if session.rank != 0:
+        session.report(reported)
         return
     with tempfile.TemporaryDirectory() as directory:
         state = {
@@ -337,7 +398,7 @@ def report_checkpoint(model, optimizer, iteration: int, metrics: dict, rank: int
         }
         torch.save(state, Path(directory) / CHECKPOINT_STATE)
         torch.save(unwrap(model).state_dict(), Path(directory) / CHECKPOINT_WEIGHTS)
-        ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        session.report(reported, directory)
 
 
 def eval_shape(examples: list, config: TrainConfig) -> tuple[int, int, int, int]:
@@ -500,10 +561,12 @@ def train(
     address: str | None = None,
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
-    callbacks: list | None = None,
+    in_tune_trial: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) the training run described by ``config``; returns the final metrics and run ids.
-    ``parent_run_id`` nests the MLflow run (sweeps); ``callbacks`` go to Ray Train (e.g. Tune's report callback)."""
+    ``parent_run_id`` nests the MLflow run (sweeps). ``in_tune_trial``: called from a Ray Tune trial, whose reports
+    and checkpoints then go to Tune; a single-worker run trains in the trial's own process (``TrialSession``), a
+    multi-worker one through its own ``TorchTrainer``."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -527,34 +590,41 @@ def train(
     driver_logger.flush()
     write_atomic(directory / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
+    loop_config = {
+        "config": config.to_dict(),
+        "manifest": manifest,
+        "tracking_uri": record["tracking_uri"],
+        "run_id": record["run_id"],
+        "buffer_path": buffer_path,
+    }
     scaling = config.scaling
-    resources = {"CPU": scaling.cpus_per_worker} | ({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={
-            "config": config.to_dict(),
-            "manifest": manifest,
-            "tracking_uri": record["tracking_uri"],
-            "run_id": record["run_id"],
-            "buffer_path": buffer_path,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling.workers,
-            use_gpu=scaling.use_gpu,
-            resources_per_worker=resources,
-            placement_strategy="SPREAD" if scaling.workers > 1 else "PACK",
-        ),
-        run_config=ray.train.RunConfig(
-            name=config.run.name,
-            storage_path=config.run.storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
-        ),
-        datasets=build_datasets(config, manifest),
-    )
-    result = trainer.fit()
-    metrics = dict(result.metrics or {})
+    if in_tune_trial and scaling.workers == 1:
+        session = TrialSession(build_datasets(config, manifest), scaling.use_gpu)
+        train_loop(loop_config, session)
+        metrics = session.last_metrics
+    else:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        resources = {"CPU": scaling.cpus_per_worker} | ({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=loop_config,
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=scaling.workers,
+                use_gpu=scaling.use_gpu,
+                resources_per_worker=resources,
+                placement_strategy="SPREAD" if scaling.workers > 1 else "PACK",
+            ),
+            run_config=ray.train.RunConfig(
+                name=config.run.name,
+                storage_path=config.run.storage_path,
+                failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                callbacks=[TuneReportCallback()] if in_tune_trial else None,
+            ),
+            datasets=build_datasets(config, manifest),
+        )
+        metrics = dict(trainer.fit().metrics or {})
     write_atomic(directory / RESULT_FILE, json.dumps(metrics, indent=2, default=str))
     write_atomic(directory / FINISHED_MARKER, time.strftime("%Y-%m-%dT%H:%M:%S\n"))
     driver_logger.close(status="FINISHED")  # last: a FINISHED run in MLflow implies the marker exists

@@ -1,10 +1,12 @@
 """``nrd-bench tune``: a Ray Tune search over decoders, their hyperparameters and encoder sizes.
 
-Every trial is a full ``nrd-bench train`` run (its own ``TorchTrainer``, so a trial may itself be multi-worker or
-multi-node) whose reports reach Tune through ``TuneReportCallback``. The driver creates one MLflow parent run per
-sweep (search settings as params, the space file as artifact); each trial is a nested child run with the same
-content as a ``train`` run, tagged with its trial id. One objective: ASHA stops weak trials early on it.
-Several (e.g. maximise mIoU, minimise GMACs): Optuna's multi-objective sampler, no early stopping.
+Every trial is a full ``nrd-bench train`` run. A multi-worker trial launches its own ``TorchTrainer`` (so it may
+span nodes) whose reports reach Tune through ``TuneReportCallback``; a single-worker trial runs the same training
+loop in the trial's process, on the resources the trial holds, and reports to Tune directly. The driver creates
+one MLflow parent run per sweep (search settings as params, the space file as artifact); each trial is a nested
+child run with the same content as a ``train`` run, tagged with its trial id. One objective: ASHA stops weak
+trials early on it. Several (e.g. maximise mIoU, minimise GMACs): Optuna's multi-objective sampler, no early
+stopping.
 
 Re-running with the same ``--name`` (or ``--resume``) continues a sweep: finished trials are not rerun and their
 child runs are found again rather than duplicated (each trial keeps its MLflow run id beside its checkpoints).
@@ -19,9 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+
 from pipeline.config import ConfigError, TrainConfig, merge
 from pipeline.files import write_atomic
-from pipeline.spaces import TRIAL_DRIVER_CPUS, SearchSpace, load_space
+from pipeline.spaces import SearchSpace, load_space
 from pipeline.train import FINISHED_MARKER, RESULT_FILE, RUN_RECORD, resolve, start_ray, train
 
 SWEEP_RECORD = "sweep.json"
@@ -59,7 +63,6 @@ def run_trial(sampled: dict[str, Any], space: SearchSpace, base: dict[str, Any],
     """The Tune function trainable: one training run with this trial's values, as a child MLflow run."""
     import ray.tune
     from mlflow import MlflowClient
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipeline.tracking import RunLogger
 
@@ -84,7 +87,7 @@ def run_trial(sampled: dict[str, Any], space: SearchSpace, base: dict[str, Any],
         ray.tune.report(json.loads((directory / RESULT_FILE).read_text()))
         return
     tags = {"trial_id": trial_id, "sweep": sweep["name"], "trial_values": json.dumps(values, default=str)}
-    train(config, parent_run_id=sweep["run_id"], extra_tags=tags, callbacks=[TuneReportCallback()])
+    train(config, parent_run_id=sweep["run_id"], extra_tags=tags, in_tune_trial=True)
 
 
 def start_sweep(space: SearchSpace, base_config: TrainConfig, directory: Path, name: str) -> dict[str, str]:
@@ -121,6 +124,17 @@ def start_sweep(space: SearchSpace, base_config: TrainConfig, directory: Path, n
     return record
 
 
+class ASHA(AsyncHyperBandScheduler):
+    """ASHA (``time_attr`` iteration) that lets a trial's report at ``max_t`` through. That report is the trial's
+    last: stopping it there (as Ray's ASHA does) would end the trial before its run is closed as FINISHED. Its
+    result still enters the last rung when the trial completes."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get(self._time_attr, 0) >= self._max_t:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+
 def tune_config(space: SearchSpace):
     from ray import tune
 
@@ -134,9 +148,7 @@ def tune_config(space: SearchSpace):
     metric, mode = next(iter(search.objectives.items()))
     scheduler = None
     if search.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        scheduler = ASHAScheduler(
+        scheduler = ASHA(
             time_attr="iteration", max_t=search.iterations, grace_period=search.grace_period,
             reduction_factor=search.reduction_factor,
         )  # fmt: skip
@@ -188,7 +200,7 @@ def tune(
     trainable = ray_tune.with_parameters(
         run_trial, space=space, base=base_config.to_dict(), sweep=record
     )
-    trainable = ray_tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS})  # its workers ask for their own
+    trainable = ray_tune.with_resources(trainable, space.search.trial_resources())
     started = time.perf_counter()
     if ray_tune.Tuner.can_restore(str(directory)):
         print(f"resuming sweep {name} from {directory}", file=sys.stderr)

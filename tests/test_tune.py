@@ -110,6 +110,55 @@ def test_sweep_and_pareto_on_sqlite(local_ray, shards, tmp_path, capsys):
     sweep_then_pareto(tracking_uri, shards, tmp_path, capsys, ["nrd", "bilinear"], FIFO, {"mIoU": "max"})
 
 
+ASHA_SPACE = """
+search:
+  objectives: {mIoU: max}
+  scheduler: asha
+  grace_period: 16
+  reduction_factor: 2
+  max_concurrent: 1
+  iterations: 20
+  resources: {workers: 1, cpus_per_worker: 0.5}
+fixed:
+  decoder: bilinear
+  encoder: resnet18
+  batch_size: 4
+  data.crop_size: [64, 64]
+  schedule.warmup_iterations: 0
+  schedule.log_interval: 4
+  schedule.eval_interval: 4
+  schedule.checkpoint_interval: 20
+  schedule.min_lr: 0.0
+space:
+  lr: {grid: [0.1, 1.0e-9, 0.1]}
+"""
+
+
+def test_asha_stops_a_trial_and_the_sweep_goes_on(local_ray, shards, tmp_path, capsys):
+    """The second trial barely learns (lr 1e-9): at the rung (16) it is below the first trial's mIoU and ASHA stops
+    it. The third trial must still start and finish (a stopped trial must not keep resources), and the stopped one
+    is closed in MLflow as KILLED."""
+    space = tmp_path / "asha.yaml"
+    space.write_text(ASHA_SPACE)
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["tune", "--space", str(space), "--dataset-dir", str(shards), "--storage-path", str(tmp_path / "results"),
+            "--tracking-uri", tracking_uri, "--name", "asha"]  # fmt: skip
+    assert main(args) == 0
+    parent_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["parent_run_id"]
+    client = MlflowClient(tracking_uri)
+    trials = children(client, client.get_run(parent_id))
+    by_lr = sorted(trials, key=lambda run: (float(run.data.params["schedule.lr"]), run.info.start_time))
+    statuses = [run.info.status for run in by_lr]
+    assert len(trials) == 3 and all(run.data.tags["trial_id"] for run in trials)
+    first_rung = {run.data.params["schedule.lr"]: client.get_metric_history(run.info.run_id, "mIoU")[3].value
+                  for run in by_lr}  # fmt: skip
+    assert statuses[0] == "KILLED", (statuses, first_rung)  # the lr 1e-9 trial
+    assert by_lr[0].data.tags["stopped_early"] == "true"
+    assert max(run.info.start_time for run in trials) > by_lr[0].info.start_time  # a trial started after the stop
+    assert "FINISHED" in statuses[1:]
+    assert [m.step for m in client.get_metric_history(by_lr[0].info.run_id, "mIoU")] == [4, 8, 12, 16]
+
+
 def test_multi_objective_sweep_and_pareto_on_an_mlflow_server(local_ray, shards, tmp_path, capsys, mlflow_server):
     """Optuna's multi-objective sampler (mIoU max, GMACs min), one trial, tracked over HTTP."""
     objectives = {"mIoU": "max", "gmacs_model": "min"}
