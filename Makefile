@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/nrd-bench cost --decoder nrd --encoder resnet50_v1c --num-classes 19 --input 1024x2048
+	$(VENV)/bin/nrd-bench demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

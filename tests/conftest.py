@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -17,6 +19,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+def readme_commands(path: Path) -> list[list[str]]:
+    """Every shell command of the Markdown file's bash blocks, split into words, leading VAR=value dropped."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #", 1)[0].strip().rstrip("&").strip()
+            if not line or line.startswith("#"):
+                continue
+            words = shlex.split(line)
+            while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+                words.pop(0)
+            commands.append(words)
+    return commands
 
 
 def free_port() -> int:

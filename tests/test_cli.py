@@ -1,0 +1,32 @@
+"""The CLI reference and the README stay true to the real command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import readme_commands
+
+from pipeline.cli import build_parser, cli_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_docs_cli_reference_is_the_current_help():
+    assert (ROOT / "docs" / "cli.md").read_text() == cli_reference(), (
+        "docs/cli.md is out of date: python -m pipeline.cli --reference > docs/cli.md"
+    )
+
+
+def test_every_nrd_bench_command_in_the_readme_parses():
+    parser = build_parser()
+    commands = [words for words in readme_commands(ROOT / "README.md") if words and words[0] == "nrd-bench"]
+    parsed = {parser.parse_args(words[1:]).command for words in commands}
+    documented = {"demo", "prepare", "train", "tune", "pareto", "predict", "report", "evaluate", "cost", "submit"}
+    assert documented <= parsed, f"README lacks an example of: {sorted(documented - parsed)}"
+
+
+def test_every_command_has_a_section_in_the_reference():
+    parser = build_parser()
+    reference = cli_reference()
+    for name in parser._subparsers._group_actions[0].choices:
+        assert f"## nrd-bench {name}\n" in reference

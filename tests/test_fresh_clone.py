@@ -1,0 +1,70 @@
+"""The README's two commands on a fresh clone in a fresh virtual environment, as a newcomer runs them.
+
+`make demo` runs whole: a new `.venv` (torch==2.13.0 first, then the project), synthetic data, a Ray Tune sweep of
+tune_spaces/smoke.yaml on a local Ray, the Pareto front from a SQLite MLflow store. `make test` runs in the same
+clone on the fast tests only: the full suite is this very suite, which CI already runs from a clean clone through
+`.ci/run`; running it again inside itself would double CI's time without checking anything new.
+
+Opt out with NRD_BENCH_SKIP_FRESH_CLONE=1 (e.g. offline, without the package registry).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(command: list[str], cwd: Path, log: Path, timeout: int, env: dict | None = None) -> str:
+    with open(log, "w") as out:
+        done = subprocess.run(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, env=env)
+    text = log.read_text()
+    assert done.returncode == 0, f"{' '.join(command)} failed ({done.returncode}); end of {log}:\n{text[-4000:]}"
+    return text
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    if os.environ.get("NRD_BENCH_SKIP_FRESH_CLONE") == "1":
+        pytest.skip("NRD_BENCH_SKIP_FRESH_CLONE=1")
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip(f"needs git and the repository's history at {REPO}")
+    target = tmp_path_factory.mktemp("fresh") / "nrd-bench"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(target)], check=True, timeout=120)
+    return target
+
+
+def test_make_demo_then_make_test_on_a_fresh_clone(clone: Path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("RAY_", "MLFLOW_", "PYTEST_"))}
+    env["NRD_BENCH_SKIP_FRESH_CLONE"] = "1"
+    output = run(["make", "demo"], clone, clone.parent / "demo.log", timeout=1500, env=env)
+
+    assert (clone / ".venv" / "bin" / "nrd-bench").exists()
+    pip_list = subprocess.run([str(clone / ".venv" / "bin" / "python"), "-m", "pip", "list"], capture_output=True,
+                              text=True, check=True).stdout  # fmt: skip
+    assert re.search(r"^torch\s+2\.13\.0", pip_list, re.MULTILINE), "the fresh .venv must hold torch 2.13.0"
+    assert "torchvision" not in pip_list
+    plot = Path(re.search(r"^plot: (\S+\.png)", output, re.MULTILINE).group(1))
+    assert plot.is_file() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot.is_relative_to(clone / "demo")
+    assert "mlflow ui --backend-store-uri sqlite:///" in output and "--host 127.0.0.1" in output
+    table = output[output.index("[demo 3/3]") :]
+    for decoder in ("nrd", "deeplabv3plus", "bilinear"):
+        assert decoder in table
+    with sqlite3.connect(clone / "demo" / "mlflow.db") as db:
+        statuses = [status for (status,) in db.execute(
+            "SELECT r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'trial_id'")]  # fmt: skip
+        front = db.execute("SELECT COUNT(*) FROM tags WHERE key = 'pareto_optimal' AND value = 'true'").fetchone()[0]
+    assert len(statuses) == 6 and set(statuses) == {"FINISHED"}  # 3 decoders x 2 encoders, all trained to the end
+    assert front >= 1
+
+    # The second command, on the fast tests (see the module docstring); ruff runs on the whole clone.
+    run(["make", "test"], clone, clone.parent / "test.log", timeout=900, env=env | {"PYTEST_ADDOPTS": "-m 'not slow'"})
