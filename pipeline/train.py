@@ -100,14 +100,16 @@ def shard_files(dataset_dir: str, manifest: dict, split: str) -> list[str]:
 def build_datasets(config: TrainConfig, manifest: dict) -> dict[str, Any]:
     import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the training log carries the progress
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the training log carries the progress
+    context.print_on_execution_start = False  # one plan per epoch would drown the training log
     transform = transform_config(config, manifest)
     directory = config.data.dataset_dir
     task = {"num_cpus": DATA_TASK_CPUS}
-    train = ray.data.read_parquet(shard_files(directory, manifest, "train"), ray_remote_args=task).map_batches(
+    train = ray.data.read_parquet(shard_files(directory, manifest, "train"), **task).map_batches(
         decode_augment, batch_size=4, fn_kwargs={"transform": transform, "seed": config.schedule.seed}, **task
     )
-    val = ray.data.read_parquet(shard_files(directory, manifest, "val"), ray_remote_args=task)
+    val = ray.data.read_parquet(shard_files(directory, manifest, "val"), **task)
     if config.data.val_limit:
         val = val.limit(config.data.val_limit)
     return {"train": train, "val": val.map_batches(decode_val, batch_size=1, **task)}
