@@ -26,7 +26,9 @@ class ConfigError(NRDBenchError, ValueError):
 @dataclass(frozen=True)
 class DataSettings:
     """Where the prepared shards are (``nrd-bench prepare`` output: a local folder or a URI pyarrow reads) and the
-    training augmentation. ``crop_size``/``base_scale`` default to the dataset's preset (nrd.data.transforms)."""
+    training augmentation. ``crop_size``/``base_scale`` default to the dataset's preset (nrd.data.transforms).
+    ``eval_msflip``: after the last iteration, evaluate once more with multi-scale + flip inference
+    (``nrd.inference.predict_msflip``), logged as ``mIoU_msflip`` and ``aAcc_msflip``."""
 
     dataset_dir: str = ""
     crop_size: tuple[int, int] | None = None
@@ -35,6 +37,7 @@ class DataSettings:
     cat_max_ratio: float = 0.75
     photometric: bool = True
     val_limit: int | None = None
+    eval_msflip: bool = False
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from nrd.cost import count_macs, count_params, measure_latency
 from nrd.data import read_manifest
 from nrd.data.base import decode_image, decode_label
 from nrd.data.transforms import TRAIN_PRESETS, TrainTransform, TrainTransformConfig, ValTransform
+from nrd.inference import predict
 from nrd.metrics import SegmentationMetrics
 from pipeline.config import FROM_DATA, ConfigError, TrainConfig
 from pipeline.files import write_atomic
@@ -158,9 +159,11 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
-def evaluate(model, val_shard, num_classes: int, ignore_index: int, device, use_amp: bool, keep: int = 0):
+def evaluate(
+    model, val_shard, num_classes: int, ignore_index: int, device, use_amp: bool, keep: int = 0, mode: str = "whole"
+):
     """Dataset-level metrics over this worker's val shard, summed across workers; also the first ``keep``
-    (image, label, prediction) triples of this worker for pictures."""
+    (image, label, prediction) triples of this worker for pictures. ``mode``: an ``nrd.inference`` mode."""
     import torch.distributed as dist
 
     metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index, device=device)
@@ -171,8 +174,8 @@ def evaluate(model, val_shard, num_classes: int, ignore_index: int, device, use_
     with torch.inference_mode():
         for batch in val_shard.iter_torch_batches(batch_size=1, device=device):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = network(batch["image"])
-            prediction = logits.argmax(1)
+                scores = network(batch["image"]) if mode == "whole" else predict(network, batch["image"], mode)
+            prediction = scores.argmax(1)
             metrics.update(prediction, batch["label"])
             if len(examples) < keep:
                 examples.append((batch["image"][0].cpu(), batch["label"][0].cpu(), prediction[0].cpu()))
@@ -373,6 +376,12 @@ def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSessio
                 if rank == 0:
                     metrics |= static_cost(unwrap(model), eval_shape(examples, config))  # searches may optimise it
                     print(f"iter {iteration}: val mIoU {values['mIoU']:.2f}  aAcc {values['aAcc']:.2f}", flush=True)
+                if final and config.data.eval_msflip:
+                    msflip, _ = evaluate(model, val_shard, num_classes, ignore_index, device, use_amp, mode="msflip")
+                    msflip_values = msflip.compute()
+                    metrics |= {"mIoU_msflip": msflip_values["mIoU"], "aAcc_msflip": msflip_values["aAcc"]}
+                    if rank == 0:
+                        print(f"iter {iteration}: val mIoU ms+flip {msflip_values['mIoU']:.2f}", flush=True)
             if logger and metrics:
                 logger.log_metrics({k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}, iteration)
             if final and rank == 0:

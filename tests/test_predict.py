@@ -244,7 +244,7 @@ def camvid_run(tmp_path_factory) -> dict:
                 "--crop-size", "96x128", "--batch-size", "2", "--lr", "0.01", "--iterations", "4",
                 "--log-interval", "2", "--eval-interval", "4", "--checkpoint-interval", "4",
                 "--storage-path", str(root / "results"), "--name", "short", "--tracking-uri", uri,
-                "--experiment", "predict-e2e",
+                "--experiment", "predict-e2e", "--eval-msflip",
             ]) == 0  # fmt: skip
         finally:
             ray.shutdown()
@@ -293,3 +293,13 @@ def test_predictions_reproduce_the_metrics_training_logged(camvid_run, capsys):
     assert result["mIoU"] == logged["mIoU"]  # the same pixels predicted, the same counts: exactly equal
     assert result["aAcc"] == logged["aAcc"] and result["mBIoU"] == logged["mBIoU"]
     assert result["trimap_mIoU"]["4"] == logged["trimap_mIoU_4px"]
+
+    # training's final multi-scale + flip evaluation (--eval-msflip) against predict --mode msflip on the same frames
+    assert main(["predict", "--run-id", camvid_run["run_id"], "--tracking-uri", camvid_run["uri"], "--mode", "msflip",
+                 "--input", str(root / "images"), "--out", str(root / "msflip")]) == 0  # fmt: skip
+    capsys.readouterr()
+    msflip = evaluate_json(root / "msflip" / "labels", root / "labels", capsys)
+    assert msflip["mIoU"] != result["mIoU"]  # another prediction indeed
+    # the same function on the same pixels; only the thread count differs (Ray's worker runs torch on 1 thread)
+    assert msflip["mIoU"] == pytest.approx(logged["mIoU_msflip"], abs=1e-3)
+    assert msflip["aAcc"] == pytest.approx(logged["aAcc_msflip"], abs=1e-3)

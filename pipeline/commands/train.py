@@ -13,6 +13,7 @@ FLAG_KEYS = {
     "dataset_dir": ("data", "dataset_dir"),
     "crop_size": ("data", "crop_size"),
     "val_limit": ("data", "val_limit"),
+    "eval_msflip": ("data", "eval_msflip"),
     "decoder": ("model", "decoder"),
     "encoder": ("model", "encoder"),
     "num_classes": ("model", "num_classes"),
@@ -54,6 +55,10 @@ def register(subparsers) -> None:
     group.add_argument("--dataset-dir", help="output folder (or URI) of nrd-bench prepare")
     group.add_argument("--crop-size", type=parse_size, metavar="HxW", help="training crop (default: dataset preset)")
     group.add_argument("--val-limit", type=int, help="evaluate on the first N val samples only")
+    group.add_argument(
+        "--eval-msflip", action="store_true", default=None,
+        help="after the last iteration, also evaluate with multi-scale + flip inference (mIoU_msflip)",
+    )  # fmt: skip
     group = parser.add_argument_group("model")
     group.add_argument("--decoder", help="decoder name (default nrd)")
     group.add_argument("--encoder", help="encoder name (default resnet50_v1c)")
