@@ -494,6 +494,8 @@ def start_ray(address: str | None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):  # e.g. a job submitted to a cluster has RAY_ADDRESS set
         ray.init(address=address, log_to_driver=True)
     else:
+        # Workers of a local Ray inherit this: Train V2 patches print to also log, so every line showed twice.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         # The dashboard (bound to 127.0.0.1) stays on: Ray Train's placement-group cleaner reads it, and without
         # it a trial stopped by ASHA leaks its workers' reservation and later trials wait forever.
         ray.init(_node_ip_address="127.0.0.1", log_to_driver=True)
