@@ -33,6 +33,7 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, TEMPORARILY_UNAVAILABLE, ErrorCode
 
 from nrd.errors import NRDBenchError, UnknownNameError
+from pipeline.files import write_atomic
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # in the working directory; resolve_tracking_uri makes it absolute
 PARENT_RUN_TAG = "mlflow.parentRunId"
@@ -126,6 +127,21 @@ def create_run(
         tags[PARENT_RUN_TAG] = parent_run_id
     with _mlflow_call(tracking_uri):
         return MlflowClient(tracking_uri).create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+
+
+def recorded_run(record_path: Path, tracking_uri: str) -> dict | None:
+    """The run record (tracking_uri, experiment_id, run_id, ...) kept at ``record_path`` by an earlier attempt, when
+    it points into ``tracking_uri``: a re-run logs into that run instead of creating another one."""
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record["tracking_uri"] == tracking_uri:
+            return record
+    return None
+
+
+def save_run_record(record_path: Path, record: dict) -> None:
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(record_path, json.dumps(record, indent=2))
 
 
 class RunLogger:

@@ -525,10 +525,8 @@ def start_tracking(
 
     record_path = directory / RUN_RECORD
     uri = tracking.resolve_tracking_uri(config.run.tracking_uri)
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record["tracking_uri"] == uri:
-            return record
+    if record := tracking.recorded_run(record_path, uri):
+        return record
     experiment_id = tracking.ensure_experiment(uri, config.run.experiment)
     tags = {
         "dataset": manifest["dataset"],
@@ -544,8 +542,7 @@ def start_tracking(
         uri, experiment_id, config.run.name, tags=tags | (extra_tags or {}), parent_run_id=parent_run_id
     )
     record = {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id}
-    directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(record_path, json.dumps(record, indent=2))
+    tracking.save_run_record(record_path, record)
     return record
 
 

@@ -24,7 +24,6 @@ from typing import Any
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from pipeline.config import ConfigError, TrainConfig, merge
-from pipeline.files import write_atomic
 from pipeline.spaces import SearchSpace, load_space
 from pipeline.train import FINISHED_MARKER, RESULT_FILE, RUN_RECORD, resolve, start_ray, train
 
@@ -96,10 +95,8 @@ def start_sweep(space: SearchSpace, base_config: TrainConfig, directory: Path, n
 
     record_path = directory / SWEEP_RECORD
     uri = tracking.resolve_tracking_uri(base_config.run.tracking_uri)
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record["tracking_uri"] == uri:
-            return record
+    if record := tracking.recorded_run(record_path, uri):
+        return record
     experiment_id = tracking.ensure_experiment(uri, base_config.run.experiment)
     run_id = tracking.create_run(uri, experiment_id, name, tags={SWEEP_KIND_TAG: "sweep"})
     logger = tracking.RunLogger(uri, run_id, str(directory / "mlflow-sweep-buffer.jsonl"))
@@ -119,8 +116,7 @@ def start_sweep(space: SearchSpace, base_config: TrainConfig, directory: Path, n
     logger.flush()
     record = {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "name": name,
               "directory": str(directory)}  # fmt: skip
-    directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(record_path, json.dumps(record, indent=2))
+    tracking.save_run_record(record_path, record)
     return record
 
 
