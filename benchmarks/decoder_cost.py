@@ -12,8 +12,16 @@ this one run:
 - our batched dynamic MLP vs the released formulation (nearest-upsample every parameter map to the MLP's resolution,
   multiply, grouped sum), time and peak memory, at 512x1024.
 
+Each CSV row also holds its own ratios against the same setting's DeepLabV3+ rows (``decoder_macs_vs_deeplabv3plus``,
+``decoder_time_vs_deeplabv3plus``, ``model_macs_vs_deeplabv3plus_os8``); the JSON records the git commit and whether
+the working tree was dirty.
+
 Decoder latency runs the decoder alone on random features of the encoder's shapes (values do not change the work).
-Run: ``python benchmarks/decoder_cost.py [--device cuda] [--repeats 10]``.
+The dynamic-MLP comparison refuses to time formulations that disagree (max |difference| > 1e-4) and refuses peak
+memory figures that cannot be right (zero, or a released-formulation peak below the size of its up-sampled parameter
+maps), so a broken measurement never shows as a win.
+Run: ``python benchmarks/decoder_cost.py [--device cuda] [--repeats 20]``; the defaults (2 warm-up + 20 timed runs
+per measurement) take about 6 minutes on 2 CPU cores, most of it in the DeepLabV3+ decoders at 1024x2048.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import csv
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +51,8 @@ SETTINGS = (
     ("ade20k", (512, 512), 150),
     ("pascal_context", (480, 480), 60),
 )
+# The dynamic MLP must match the released formulation to this before it is timed (float32, values ~1).
+MLP_TOLERANCE = 1e-4
 VARIANTS = (
     ("nrd", None),
     ("deeplabv3plus", None),
@@ -50,6 +61,10 @@ VARIANTS = (
     ("deeplabv3", None),
     ("deeplabv3plus", 8),
 )
+
+
+class MeasurementError(RuntimeError):
+    """A measurement that failed its sanity check: reporting it would be misleading."""
 
 
 def decoder_inputs(model, input_shape, device):
@@ -116,27 +131,77 @@ def peak_memory_bytes(fn, device) -> int:
 
 
 def dynamic_mlp_comparison(device, warmup, repeats, size=(512, 1024), num_classes=19):
-    """Ours vs the released formulation on NRD's default MLP (D=G=16, 3 layers, factor 8) at one input size."""
+    """Ours vs the released formulation on NRD's default MLP (D=G=16, 3 layers, factor 8) at one input size.
+
+    Raises ``MeasurementError`` before timing if the two outputs differ by more than ``MLP_TOLERANCE``, and after
+    measuring memory if either peak is not positive or the released formulation's peak is below the bytes of its
+    nearest-upsampled parameter maps (P × H/4 × W/4 values, which it must hold at once)."""
     torch.manual_seed(0)
     shapes = mlp_layer_shapes(18, 16, num_classes, 3)
+    num_params = num_dynamic_params(shapes)
     coarse = (size[0] // 32, size[1] // 32)
-    params = 0.1 * torch.randn(1, num_dynamic_params(shapes), *coarse, device=device)
+    params = 0.1 * torch.randn(1, num_params, *coarse, device=device)
     inputs = torch.randn(1, 18, coarse[0] * 8, coarse[1] * 8, device=device)
-    ours = lambda: dynamic_mlp(inputs, params, shapes)
-    released = lambda: released_dynamic_mlp(inputs, params, shapes)
+    formulations = {
+        "ours": lambda: dynamic_mlp(inputs, params, shapes),
+        "released": lambda: released_dynamic_mlp(inputs, params, shapes),
+    }
+    result = {"input": [1, 3, *size], "num_classes": num_classes}
     with torch.inference_mode():
-        max_difference = (ours() - released()).abs().max().item()
-        result = {"input": [1, 3, *size], "num_classes": num_classes, "max_abs_difference": max_difference}
-        for name, fn in (("ours", ours), ("released", released)):
+        max_difference = (formulations["ours"]() - formulations["released"]()).abs().max().item()
+        result["max_abs_difference"] = max_difference
+        if not max_difference <= MLP_TOLERANCE:  # also catches NaN
+            raise MeasurementError(
+                f"our dynamic MLP and the released formulation differ by {max_difference:.3e} "
+                f"(> {MLP_TOLERANCE}): one of them is wrong, timing them would compare different functions"
+            )
+        peaks = {}
+        for name, fn in formulations.items():
             result[f"{name}_ms"] = time_call(fn, device, warmup, repeats)
-            result[f"{name}_peak_mib"] = peak_memory_bytes(fn, device) / 2**20
+            peaks[name] = peak_memory_bytes(fn, device)
+    upsampled_bytes = num_params * inputs.shape[-2] * inputs.shape[-1] * params.element_size()
+    if min(peaks.values()) <= 0 or peaks["released"] < upsampled_bytes:
+        raise MeasurementError(
+            f"implausible peak memory (ours {peaks['ours']} B, released {peaks['released']} B): both must be positive "
+            f"and the released formulation must hold its up-sampled parameter maps, {upsampled_bytes} B "
+            f"(P={num_params} x {inputs.shape[-2]} x {inputs.shape[-1]} x {params.element_size()} B)"
+        )
+    for name, peak in peaks.items():
+        result[f"{name}_peak_mib"] = peak / 2**20
+    result["released_upsampled_params_mib"] = upsampled_bytes / 2**20
     result["time_ratio"] = result["ours_ms"]["p50"] / result["released_ms"]["p50"]
-    result["memory_ratio"] = result["ours_peak_mib"] / result["released_peak_mib"]
+    result["memory_ratio"] = peaks["ours"] / peaks["released"]
     return result
+
+
+def git_state() -> dict:
+    """The commit the benchmark ran from and whether the working tree differed from it (None: not a git checkout)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        command = ["git", "--no-optional-locks", *args]  # read-only: no index refresh
+        return subprocess.run(command, cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": None, "git_dirty": None}
+
+
+def add_ratio_columns(rows: list[dict]) -> None:
+    """Each row's decoder MACs and time against the same setting's DeepLabV3+ (OS32) decoder, and its model MACs
+    against the same setting's DeepLabV3+ on the dilated OS8 encoder."""
+    for row in rows:
+        same = {r["variant"]: r for r in rows if r["setting"] == row["setting"]}
+        decoder, dilated = same["deeplabv3plus-os32"], same["deeplabv3plus-os8"]
+        row["decoder_macs_vs_deeplabv3plus"] = row["gmacs_decoder"] / decoder["gmacs_decoder"]
+        row["decoder_time_vs_deeplabv3plus"] = row["decoder_p50_ms"] / decoder["decoder_p50_ms"]
+        row["model_macs_vs_deeplabv3plus_os8"] = row["gmacs_model"] / dilated["gmacs_model"]
 
 
 def run(args) -> dict:
     device = torch.device(args.device)
+    mlp = dynamic_mlp_comparison(device, args.warmup, args.repeats)  # first: its sanity checks fail fast
     rows = []
     for setting, size, num_classes in SETTINGS:
         shape = (1, 3, *size)
@@ -152,11 +217,11 @@ def run(args) -> dict:
                 "encoder": ENCODER,
                 "output_stride": model.encoder.output_stride,
             }
-            row |= {f"params_m_{k}": round(v, 4) for k, v in count_params(model).items()}
-            row |= {f"gmacs_{k}": round(v, 3) for k, v in count_macs(model, shape).items()}
+            row |= {f"params_m_{k}": v for k, v in count_params(model).items()}
+            row |= {f"gmacs_{k}": v for k, v in count_macs(model, shape).items()}
             started = time.perf_counter()
             latency = decoder_latency(model, shape, device, args.warmup, args.repeats)
-            row |= {"decoder_p50_ms": round(latency["p50"], 2), "decoder_p90_ms": round(latency["p90"], 2)}
+            row |= {"decoder_p50_ms": latency["p50"], "decoder_p90_ms": latency["p90"]}
             row["latency_device"] = str(device)
             rows.append(row)
             print(
@@ -168,32 +233,33 @@ def run(args) -> dict:
             )
             del model
 
+    add_ratio_columns(rows)
+
     def pick(setting, variant):
         return next(r for r in rows if r["setting"] == setting and r["variant"] == variant)
 
     ratios = {}
     for setting, _, _ in SETTINGS:
-        nrd, dlv3p = pick(setting, "nrd-os32"), pick(setting, "deeplabv3plus-os32")
+        nrd = pick(setting, "nrd-os32")
         ratios[setting] = {
-            "decoder_macs_nrd_vs_deeplabv3plus": nrd["gmacs_decoder"] / dlv3p["gmacs_decoder"],
-            "decoder_time_nrd_vs_deeplabv3plus": nrd["decoder_p50_ms"] / dlv3p["decoder_p50_ms"],
-            "model_macs_nrd_os32_vs_deeplabv3plus_os8": nrd["gmacs_model"]
-            / pick(setting, "deeplabv3plus-os8")["gmacs_model"],
+            "decoder_macs_nrd_vs_deeplabv3plus": nrd["decoder_macs_vs_deeplabv3plus"],
+            "decoder_time_nrd_vs_deeplabv3plus": nrd["decoder_time_vs_deeplabv3plus"],
+            "model_macs_nrd_os32_vs_deeplabv3plus_os8": nrd["model_macs_vs_deeplabv3plus_os8"],
             "model_macs_nrd_os32_vs_deeplabv3_os8": nrd["gmacs_model"] / pick(setting, "deeplabv3-os8")["gmacs_model"],
         }
-    mlp = dynamic_mlp_comparison(device, args.warmup, args.repeats)
     return {"rows": rows, "ratios": ratios, "dynamic_mlp": mlp}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per measurement (default 1)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (default 20)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per measurement (default 2)")
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--tag", default="", help="suffix of the output file names (e.g. _h200)")
     args = parser.parse_args(argv)
 
+    revision = git_state()  # before the run: the code that produced the figures
     result = run(args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / f"decoder_cost{args.tag}"
@@ -201,9 +267,11 @@ def main(argv=None) -> int:
     with open(f"{stem}.csv.tmp", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(result["rows"])
+        for row in result["rows"]:  # 6 significant digits
+            writer.writerow({k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in row.items()})
     os.replace(f"{stem}.csv.tmp", f"{stem}.csv")
     config = {
+        **revision,
         "encoder": ENCODER,
         "settings": [{"name": n, "input": [1, 3, *s], "num_classes": k} for n, s, k in SETTINGS],
         "variants": [{"decoder": d, "output_stride": o or "decoder default"} for d, o in VARIANTS],

@@ -38,9 +38,14 @@ COUNTER = (
 
 @dataclass(frozen=True)
 class CostReport:
-    """Params (millions) and GMACs per level for one input shape (B, 3, H, W); GFLOPs = 2 × GMACs."""
+    """Params (millions) and GMACs per level for one input shape (B, 3, H, W); GFLOPs = 2 × GMACs.
+
+    ``padded_input`` is the shape the network actually runs at: the input zero-padded to a multiple of 32 (see
+    ``SegmentationModel.pad``); the counts are those of that padded shape.
+    """
 
     input: tuple[int, int, int, int]
+    padded_input: tuple[int, int, int, int]
     gmacs: dict[str, float]
     params_m: dict[str, float]
     convention: str = CONVENTION
@@ -54,6 +59,7 @@ class CostReport:
     def to_dict(self) -> dict:
         result = asdict(self)
         result["input"] = list(self.input)
+        result["padded_input"] = list(self.padded_input)
         result["gflops"] = self.gflops
         result["flops_convention"] = "FLOPs = 2 x MACs"
         return result
@@ -90,7 +96,13 @@ def count_macs(model: SegmentationModel, input_shape: tuple[int, int, int, int])
 
 
 def measure_cost(model: SegmentationModel, input_shape: tuple[int, int, int, int]) -> CostReport:
-    return CostReport(input=tuple(input_shape), gmacs=count_macs(model, input_shape), params_m=count_params(model))
+    padded = tuple(model.pad(torch.empty(input_shape, device="meta")).shape)
+    return CostReport(
+        input=tuple(input_shape),
+        padded_input=padded,
+        gmacs=count_macs(model, input_shape),
+        params_m=count_params(model),
+    )
 
 
 def time_call(
@@ -122,22 +134,30 @@ def measure_latency(
     repeats: int = 10,
 ) -> dict[str, dict[str, float]]:
     """Inference latency (ms) per level on random input. ``context``, ``decoder`` and ``head`` run alone on
-    pre-computed encoder features (and context), so each figure is that part's own time."""
+    pre-computed encoder features (and context), so each figure is that part's own time.
+
+    ``model`` itself is moved to ``device`` (``nn.Module.to`` works in place) and stays there; it is timed in eval
+    mode and its training mode is restored afterwards.
+    """
     unknown = set(levels) - set(LEVELS)
     if unknown:
         raise ValueError(f"unknown cost levels {sorted(unknown)}; valid: {', '.join(LEVELS)}")
-    model = model.to(device).eval()
+    was_training = model.training
+    model.to(device).eval()
     decoder = model.decoder
-    with torch.inference_mode():
-        images = model.pad(torch.randn(input_shape, device=device))
-        size = images.shape[-2:]
-        features = model.encoder(images) if set(levels) - {"model", "encoder"} else None
-        context = decoder.context(features[-1]) if features is not None else None
-        calls = {
-            "encoder": lambda: model.encoder(images),
-            "context": lambda: decoder.context(features[-1]),
-            "decoder": lambda: decoder.decode(features, context, size),
-            "head": lambda: decoder(features, size),
-            "model": lambda: model(images),
-        }
-        return {level: time_call(calls[level], device, warmup, repeats) for level in levels}
+    try:
+        with torch.inference_mode():
+            images = model.pad(torch.randn(input_shape, device=device))
+            size = images.shape[-2:]
+            features = model.encoder(images) if set(levels) - {"model", "encoder"} else None
+            context = decoder.context(features[-1]) if features is not None else None
+            calls = {
+                "encoder": lambda: model.encoder(images),
+                "context": lambda: decoder.context(features[-1]),
+                "decoder": lambda: decoder.decode(features, context, size),
+                "head": lambda: decoder(features, size),
+                "model": lambda: model(images),
+            }
+            return {level: time_call(calls[level], device, warmup, repeats) for level in levels}
+    finally:
+        model.train(was_training)

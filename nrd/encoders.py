@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from nrd.errors import InvalidHyperparameterError, UnknownNameError, WeightsMismatchError
+from nrd.errors import InvalidHyperparameterError, UnknownNameError, WeightsFileNotFoundError, WeightsMismatchError
 
 OUTPUT_STRIDES = (8, 16, 32)
 # Stage strides (layer1..layer4) and dilations per output stride; the first block of a dilated stage keeps the
@@ -105,7 +105,7 @@ class ResNet(nn.Module):
         output_stride: int = 32,
     ):
         super().__init__()
-        if output_stride not in OUTPUT_STRIDES:
+        if not isinstance(output_stride, int) or isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES:
             raise InvalidHyperparameterError("ResNet", "output_stride", output_stride, "one of 8, 16, 32")
         self.output_stride = output_stride
         self.deep_stem = deep_stem
@@ -207,6 +207,9 @@ ENCODERS: dict[str, Callable[..., ResNet]] = {
 
 # Keys of an ImageNet classifier that the encoder does not have; a checkpoint may hold them.
 _CLASSIFIER_PREFIXES = ("fc.",)
+# BatchNorm's step counter: older checkpoints (e.g. torchvision's resnet50-19c8e357.pth) predate it, and PyTorch's
+# own BatchNorm loader tolerates its absence, so it is never reported missing.
+_OPTIONAL_SUFFIX = "num_batches_tracked"
 
 
 def create_encoder(name: str, output_stride: int = 32, weights: str | os.PathLike | None = None) -> ResNet:
@@ -235,18 +238,20 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike, strict: bo
     use mmcv's ``stem.*`` names) into ``encoder``. The ImageNet classifier (``fc.*``) is ignored.
 
     With ``strict`` any missing key, unexpected key or shape mismatch raises ``WeightsMismatchError`` listing all of
-    them; without it the matching tensors are loaded and the lists are returned.
+    them; without it the matching tensors are loaded and the lists are returned. BatchNorm ``num_batches_tracked``
+    counters absent from the file (older checkpoints) are not missing: the encoder keeps its own. A path that does
+    not exist raises ``WeightsFileNotFoundError``.
     """
     path = os.fspath(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
+    except FileNotFoundError as error:
+        raise WeightsFileNotFoundError(path) from error
     except Exception as error:  # unpickling errors come in many types
         raise WeightsMismatchError(f"{path}: not a loadable weights file ({error})") from error
     state = {k: v for k, v in _unwrap_state_dict(loaded, path).items() if not k.startswith(_CLASSIFIER_PREFIXES)}
     own = encoder.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(key for key in set(own) - set(state) if not key.endswith(_OPTIONAL_SUFFIX))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(
         f"{key}: file {tuple(state[key].shape)} vs model {tuple(own[key].shape)}"

@@ -9,6 +9,17 @@ from collections.abc import Iterable
 class NRDBenchError(Exception):
     """Base class of every error nrd-bench raises on purpose."""
 
+    def __reduce__(self):
+        # Picklable whatever a subclass's constructor takes (Ray re-raises a worker's error in the driver)
+        return _rebuild_error, (type(self), str(self), dict(self.__dict__))
+
+
+def _rebuild_error(kind: type, message: str, attributes: dict) -> NRDBenchError:
+    error = kind.__new__(kind, message)
+    Exception.__init__(error, message)
+    error.__dict__.update(attributes)
+    return error
+
 
 class UnknownNameError(NRDBenchError, ValueError):
     """A name (decoder, encoder, dataset, keyword argument, ...) that is not one of the valid ones."""
@@ -34,3 +45,11 @@ class InvalidHyperparameterError(NRDBenchError, ValueError):
 
 class WeightsMismatchError(NRDBenchError, ValueError):
     """A weights file whose keys or shapes do not match the model it is loaded into."""
+
+
+class WeightsFileNotFoundError(NRDBenchError, FileNotFoundError):
+    """A pretrained-weights path that does not exist."""
+
+    def __init__(self, path: str):
+        self.path = path
+        super().__init__(f"weights file not found: {path}")

@@ -31,11 +31,25 @@ def deeplabv3plus_decoder_macs(height, width, num_classes, context=512, low=256,
     return fine * (low * projected + first + second + channels * num_classes) / 1e9
 
 
+def bilinear_decoder_macs(height, width, num_classes, context=512):
+    """A 1×1 classifier on the stride-32 context; the ×32 bilinear up-sampling counts nothing."""
+    return (height // 32) * (width // 32) * context * num_classes / 1e9
+
+
+def dupsampling_decoder_macs(height, width, num_classes, context=512, low=256, projected=48, fused=512, compressed=256):
+    """1×1 projection of the stride-4 stage (then average-pooled: free), 3×3 fuse conv on [context, pooled] at
+    stride 32, 1×1 compression, 1×1 reconstruction to 32·32·K channels; depth-to-space and temperature are free."""
+    fine = (height // 4) * (width // 4)
+    coarse = (height // 32) * (width // 32)
+    per_cell = (context + projected) * fused * 9 + fused * compressed + compressed * 32 * 32 * num_classes
+    return (fine * low * projected + coarse * per_cell) / 1e9
+
+
 @pytest.fixture(scope="module")
 def r50_costs():
     shape = (1, 3, 1024, 2048)
     return {name: count_macs(create_model(name, "resnet50_v1c", 19, aux_head=False), shape)
-            for name in ("nrd", "deeplabv3plus")}  # fmt: skip
+            for name in ("nrd", "deeplabv3plus", "bilinear", "dupsampling")}  # fmt: skip
 
 
 def test_nrd_decoder_macs_match_the_hand_count_including_the_dynamic_mlp(r50_costs):
@@ -46,6 +60,17 @@ def test_nrd_decoder_macs_match_the_hand_count_including_the_dynamic_mlp(r50_cos
 
 def test_deeplabv3plus_decoder_macs_match_the_hand_count(r50_costs):
     assert r50_costs["deeplabv3plus"]["decoder"] == pytest.approx(deeplabv3plus_decoder_macs(1024, 2048, 19), rel=1e-9)
+
+
+def test_bilinear_and_dupsampling_decoder_macs_match_the_hand_count(r50_costs):
+    assert r50_costs["bilinear"]["decoder"] == pytest.approx(bilinear_decoder_macs(1024, 2048, 19), rel=1e-9)
+    assert r50_costs["dupsampling"]["decoder"] == pytest.approx(dupsampling_decoder_macs(1024, 2048, 19), rel=1e-9)
+
+
+def test_the_aux_head_is_never_counted():
+    shape = (1, 3, 128, 192)
+    with_aux = count_macs(create_model("nrd", "resnet18", 5, aux_head=True), shape)
+    assert with_aux == count_macs(create_model("nrd", "resnet18", 5, aux_head=False), shape)
 
 
 def test_levels_add_up_and_the_decoder_ratio_is_the_papers(r50_costs):
@@ -85,13 +110,17 @@ def test_counting_leaves_the_model_untouched():
 
 
 def test_latency_per_level():
-    model = create_model("nrd", "resnet18", 3)
+    model = create_model("nrd", "resnet18", 3)  # in training mode
     latency = measure_latency(model, (1, 3, 64, 64), levels=("decoder", "model"), warmup=1, repeats=3)
+    assert model.training  # restored after timing in eval mode
     assert set(latency) == {"decoder", "model"}
     for figures in latency.values():
         assert 0 < figures["p50"] <= figures["p90"] and figures["repeats"] == 3
     with pytest.raises(ValueError, match="unknown cost levels"):
         measure_latency(model, (1, 3, 64, 64), levels=("decodr",))
+    model.eval()
+    measure_latency(model, (1, 3, 64, 64), levels=("decoder",), warmup=0, repeats=1)
+    assert not model.training
 
 
 def test_time_call_reports_percentiles_of_what_it_timed():
@@ -104,13 +133,26 @@ def test_cost_command_json(capsys):
     assert main(["cost", "--decoder", "nrd", "--encoder", "resnet18", "--num-classes", "19", "--input", "256x512",
                  "--json"]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out)
-    assert result["input"] == [1, 3, 256, 512]
+    assert result["input"] == [1, 3, 256, 512] == result["padded_input"]
     assert result["convention"] == "MACs"
     assert "flop_counter" in result["counter"]
     assert set(result["gmacs"]) == set(LEVELS) == set(result["params_m"])
     expected = count_macs(create_model("nrd", "resnet18", 19, aux_head=False), (1, 3, 256, 512))
     assert result["gmacs"] == pytest.approx(expected)
     assert result["gflops"]["model"] == pytest.approx(2 * expected["model"])
+
+
+def test_cost_command_reports_the_padded_size_it_counts(capsys):
+    args = ["cost", "--decoder", "bilinear", "--encoder", "resnet18", "--input", "500x1000"]
+    assert main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["input"] == [1, 3, 500, 1000]
+    assert result["padded_input"] == [1, 3, 512, 1024]  # the next multiples of 32
+    expected = count_macs(create_model("bilinear", "resnet18", 19, aux_head=False), (1, 3, 512, 1024))
+    assert result["gmacs"] == pytest.approx(expected)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "input 1x3x500x1000 (padded to a multiple of 32: runs and is counted at 1x3x512x1024)" in out
 
 
 def test_cost_command_table_with_latency_and_decoder_args(capsys):

@@ -54,18 +54,45 @@ def test_batched_dynamic_mlp_equals_per_patch_loop(layers, factor, num_classes):
     assert (fast - slow).abs().max().item() <= 1e-5
 
 
-def test_nrd_decoder_equals_per_patch_reference_end_to_end():
+def hand_coordinates(height, width, factor, mode):
+    """NRD_NOTES §2, one pixel at a time: channel 0 is x (along the width), channel 1 is y; top-left gives
+    {0, 1/f, …, (f−1)/f} from the patch's top-left corner, centred puts the pixel centres around the patch centre."""
+    coords = torch.zeros(2, height, width)
+    for row in range(height):
+        for col in range(width):
+            if mode == "topleft":
+                x, y = (col % factor) / factor, (row % factor) / factor
+            else:
+                x, y = (col % factor + 0.5) / factor - 0.5, (row % factor + 0.5) / factor - 0.5
+            coords[0, row, col], coords[1, row, col] = x, y
+    return coords
+
+
+@pytest.mark.parametrize("coord_mode", ["topleft", "centred"])
+def test_nrd_decoder_equals_per_patch_reference_end_to_end(coord_mode):
     torch.manual_seed(1)
-    model = create_model("nrd", "resnet18", 4, aux_head=False).eval()
+    model = create_model("nrd", "resnet18", 4, aux_head=False, coord_mode=coord_mode).eval()
     decoder: NRDDecoder = model.decoder
+    norm = decoder.input_norm  # give the shared BatchNorm distinct statistics per channel, so order matters
+    with torch.no_grad():
+        # Generated MLP weights ~0.2 instead of the tiny initial ones, so that every input channel shows.
+        decoder.controller[-1].weight.normal_(std=0.05)
+        decoder.controller[-1].bias.normal_(std=0.2)
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
     images = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         features = model.encoder(images)
-        context = decoder.context(features[-1])
-        params = decoder.controller(context)
-        inputs = decoder.mlp_inputs(features, context.shape[-2:])
+        params = decoder.controller(decoder.context(features[-1]))  # (1, P, 2, 3)
+        guidance = decoder.guidance(features[0])  # stride 4 = 32 / factor 8: already the MLP's grid
+        assert guidance.shape[-2:] == (16, 24)
+        coords = hand_coordinates(16, 24, 8, coord_mode).unsqueeze(0)
+        inputs = norm(torch.cat([coords, guidance], dim=1))
         reference = reference_dynamic_mlp(inputs, params, 18, 16, 4, 3, 8)
         reference = torch.nn.functional.interpolate(reference, size=(64, 96), mode="bilinear", align_corners=False)
+        assert params.std().item() > 0.05 and reference.std().item() > 0.1  # the comparison has something to see
         assert (model(images) - reference).abs().max().item() <= 1e-5
 
 

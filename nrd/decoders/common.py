@@ -3,6 +3,8 @@ decoder base class and the FCN auxiliary head."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,11 +35,40 @@ class SeparableConvBNReLU(nn.Sequential):
         )
 
 
+def is_int(value: object) -> bool:
+    """True for an ``int`` that is not a ``bool``: ``3.0`` and ``True`` are not integer hyperparameters."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_positive(owner: str, **values: int) -> None:
+    for name, value in values.items():
+        if not is_int(value) or value < 1:
+            raise InvalidHyperparameterError(owner, name, value, "a positive integer")
+
+
+def check_probability(owner: str, **values: float) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise InvalidHyperparameterError(owner, name, value, "a probability in [0, 1]")
+
+
 def default_dilations(output_stride: int) -> tuple[int, int, int]:
     """ASPP dilations (3, 6, 9) at output stride 32, scaled with the feature resolution: (6, 12, 18) at 16,
     (12, 24, 36) at 8, the DeepLabV3(+) settings."""
     scale = 32 // output_stride
     return (3 * scale, 6 * scale, 9 * scale)
+
+
+def resolve_dilations(owner: str, dilations: Sequence[int] | None, output_stride: int) -> tuple[int, ...]:
+    """The context module's dilations: ``default_dilations(output_stride)`` when ``dilations`` is None, else
+    ``dilations`` itself, which must be a non-empty sequence (tuple or list) of positive integers."""
+    if dilations is None:
+        return default_dilations(output_stride)
+    if not isinstance(dilations, tuple | list) or not dilations or not all(is_int(d) and d >= 1 for d in dilations):
+        raise InvalidHyperparameterError(
+            owner, "context_dilations", dilations, "a non-empty tuple or list of positive integers, or None (defaults)"
+        )
+    return tuple(dilations)
 
 
 class ContextModule(nn.Module):
@@ -87,8 +118,7 @@ class Decoder(nn.Module):
         name = type(self).__name__
         if len(encoder_channels) != len(encoder_strides) or not encoder_channels:
             raise InvalidHyperparameterError(name, "encoder_channels", encoder_channels, "one entry per stride")
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise InvalidHyperparameterError(name, "num_classes", num_classes, "a positive integer")
+        check_positive(name, num_classes=num_classes)
         self.encoder_channels = tuple(encoder_channels)
         self.encoder_strides = tuple(encoder_strides)
         self.num_classes = num_classes
@@ -102,12 +132,6 @@ class Decoder(nn.Module):
 
     def decode(self, features: list[torch.Tensor], context: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
         raise NotImplementedError
-
-
-def check_positive(owner: str, **values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidHyperparameterError(owner, name, value, "a positive integer")
 
 
 class ClassifierDecoder(Decoder):
@@ -130,8 +154,10 @@ class ClassifierDecoder(Decoder):
         dropout: float = 0.1,
     ):
         super().__init__(encoder_channels, encoder_strides, num_classes)
-        check_positive(type(self).__name__, context_channels=context_channels)
-        dilations = tuple(context_dilations or default_dilations(self.context_stride))
+        owner = type(self).__name__
+        check_positive(owner, context_channels=context_channels)
+        check_probability(owner, dropout=dropout)
+        dilations = resolve_dilations(owner, context_dilations, self.context_stride)
         self.context = ContextModule(encoder_channels[-1], context_channels, dilations, self.separable_context)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(context_channels, num_classes, 1)

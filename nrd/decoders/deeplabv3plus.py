@@ -12,7 +12,8 @@ from nrd.decoders.common import (
     Decoder,
     SeparableConvBNReLU,
     check_positive,
-    default_dilations,
+    check_probability,
+    resolve_dilations,
 )
 
 
@@ -34,13 +35,15 @@ class DeepLabV3PlusDecoder(Decoder):
         dropout: float = 0.1,
     ):
         super().__init__(encoder_channels, encoder_strides, num_classes)
+        owner = type(self).__name__
         check_positive(
-            type(self).__name__,
+            owner,
             low_level_channels=low_level_channels,
             decoder_channels=decoder_channels,
             context_channels=context_channels,
         )
-        dilations = tuple(context_dilations or default_dilations(self.context_stride))
+        check_probability(owner, dropout=dropout)
+        dilations = resolve_dilations(owner, context_dilations, self.context_stride)
         self.context = ContextModule(encoder_channels[-1], context_channels, dilations, separable=True)
         self.low_level = ConvBNReLU(encoder_channels[0], low_level_channels, 1)
         self.fuse = nn.Sequential(

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nrd.decoders.common import ContextModule, ConvBNReLU, Decoder, check_positive, default_dilations
+from nrd.decoders.common import ContextModule, ConvBNReLU, Decoder, check_positive, is_int, resolve_dilations
 from nrd.errors import InvalidHyperparameterError
 
 COORD_MODES = ("topleft", "centred")
@@ -128,11 +128,11 @@ class NRDDecoder(Decoder):
             guidance_hidden_channels=guidance_hidden_channels,
             context_channels=context_channels,
         )
-        if mlp_layers not in (2, 3, 4):
+        if not is_int(mlp_layers) or mlp_layers not in (2, 3, 4):
             raise InvalidHyperparameterError(owner, "mlp_layers", mlp_layers, "2, 3 or 4")
         stride = self.context_stride
         if (
-            not isinstance(patch_factor, int)
+            not is_int(patch_factor)
             or patch_factor < 2
             or patch_factor & (patch_factor - 1)
             or stride % patch_factor
@@ -141,7 +141,7 @@ class NRDDecoder(Decoder):
                 owner, "patch_factor", patch_factor,
                 f"a power of two that divides the encoder output stride {stride} (8, 16 or 32 at stride 32)",
             )  # fmt: skip
-        if guidance_stage not in range(1, len(encoder_channels) + 1):
+        if not is_int(guidance_stage) or guidance_stage not in range(1, len(encoder_channels) + 1):
             raise InvalidHyperparameterError(
                 owner, "guidance_stage", guidance_stage, f"an encoder stage in 1..{len(encoder_channels)}"
             )
@@ -154,7 +154,7 @@ class NRDDecoder(Decoder):
         self.layer_shapes = mlp_layer_shapes(2 + guidance_channels, dyn_channels, num_classes, mlp_layers)
         self.num_dynamic_params = num_dynamic_params(self.layer_shapes)
 
-        dilations = tuple(context_dilations or default_dilations(stride))
+        dilations = resolve_dilations(owner, context_dilations, stride)
         self.context = ContextModule(encoder_channels[-1], context_channels, dilations, separable=True)
         self.controller = nn.Sequential(
             ConvBNReLU(context_channels, controller_channels, 3),

@@ -93,9 +93,12 @@ def run(args: argparse.Namespace) -> int:
 
 def format_table(result: dict) -> str:
     model = result["model"]
+    shape = "x".join(map(str, result["input"]))
+    if result["padded_input"] != result["input"]:
+        shape += f" (padded to a multiple of 32: runs and is counted at {'x'.join(map(str, result['padded_input']))})"
     lines = [
         f"{model['decoder']} decoder on {model['encoder']} (output stride {model['output_stride']}), "
-        f"K={model['num_classes']}, input {'x'.join(map(str, result['input']))}",
+        f"K={model['num_classes']}, input {shape}",
         f"counter: {result['counter']}",
     ]
     latency = result.get("latency_ms", {})
