@@ -2,7 +2,7 @@
 
 For each source (real CamVid frames from ``../shared/data/camvid`` when present, and the synthetic generator), the
 samples are first prepared into Parquet shards exactly as ``nrd-bench prepare`` does (not timed), then read back
-through ``ShardDataset`` and timed in three passes over the same samples:
+through ``ShardDataset`` and timed over the same samples in three stages, each the median of ``TIMED_PASSES`` passes:
 
 - ``decode``: Parquet row → decoded image (H, W, 3) and label (H, W);
 - ``augment``: the training transform alone on pre-decoded arrays (rescale 0.5-2.0 of (2048, 1024), 512x1024 crop
@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -33,12 +34,17 @@ from nrd.data.transforms import TrainTransform, TrainTransformConfig, sample_rng
 
 SHARED_CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 CROP = TrainTransformConfig(base_scale=(2048, 1024), crop_size=(512, 1024))
+TIMED_PASSES = 3
 
 
 def images_per_second(count: int, fn) -> tuple[float, float]:
-    started = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - started
+    """(images/s, seconds) of the median of ``TIMED_PASSES`` timed calls of ``fn`` over ``count`` images."""
+    durations = []
+    for _ in range(TIMED_PASSES):
+        started = time.perf_counter()
+        fn()
+        durations.append(time.perf_counter() - started)
+    seconds = statistics.median(durations)
     return count / seconds, seconds
 
 
@@ -126,6 +132,7 @@ def main(argv=None) -> int:
         "synthetic_size": list(synthetic_size),
         "seed": args.seed,
         "processes": 1,
+        "timed_passes": TIMED_PASSES,
         "torch": torch.__version__,
         "machine": platform.platform(),
         "cpu_count": os.cpu_count(),

@@ -9,6 +9,10 @@
 
 All three run under ``torch.inference_mode()`` with the model in eval mode: each module's train/eval flag is
 restored afterwards, so calling them during training is safe. Tensors stay on the images' device.
+
+Images prepared by ``nrd.data.transforms.ValTransform`` are zero-padded to a multiple of 32 (and maybe resized to a
+test scale) while their label keeps its own size: ``predict_to_label`` runs a mode on such a batch and returns scores
+at the label's size, through ``restore_to_label`` (crop the padding off, resize to the label).
 """
 
 from __future__ import annotations
@@ -126,9 +130,11 @@ def predict_msflip(
 ) -> torch.Tensor:
     """Softmax probabilities (B, K, H, W) averaged over ``scales`` × (original, horizontally flipped).
 
-    For each scale s the images are resized to ⌊s·H + 0.5⌋ × ⌊s·W + 0.5⌋ (bilinear, align_corners=False), predicted
-    with ``base_mode`` ("whole", or "slide" with ``crop_size``/``stride``), flipped predictions are flipped back,
-    logits are resized to H × W (bilinear), turned into probabilities and averaged. Argmax over K is the prediction.
+    Each scale s multiplies the size H × W of the images given, i.e. the original image size: pass unpadded
+    images (as ``predict_to_label`` does). For each s the images are resized to ⌊s·H + 0.5⌋ × ⌊s·W + 0.5⌋
+    (bilinear, align_corners=False), predicted with ``base_mode`` ("whole", or "slide" with ``crop_size``/``stride``),
+    flipped predictions are flipped back, logits are resized to H × W (bilinear), turned into probabilities and
+    averaged. Argmax over K is the prediction.
     """
     owner = "predict_msflip"
     _check_images(images, owner)
@@ -178,3 +184,47 @@ def predict(model: nn.Module, images: torch.Tensor, mode: str = "whole", **optio
         if key not in valid:
             raise UnknownNameError(f"option of inference mode {mode!r}", key, valid)
     return function(model, images, **options)
+
+
+def restore_to_label(scores: torch.Tensor, valid_size: Sequence[int], label_size: Sequence[int]) -> torch.Tensor:
+    """Scores (B, K, H', W') predicted on padded images → (B, K, H, W) at the label's size ``label_size`` = (H, W).
+
+    The top-left ``valid_size`` = (h, w) region (the image content, ``ValTransform.valid_size``) is kept, the
+    bottom/right padding dropped; when (h, w) differs from (H, W) (a test scale was used) the kept scores are resized
+    to (H, W), bilinear with align_corners=False. Logits and probabilities alike (a bilinear resize of probabilities
+    is still a distribution over K)."""
+    owner = "restore_to_label"
+    if not isinstance(scores, torch.Tensor) or scores.ndim != 4:
+        found = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise InvalidHyperparameterError(owner, "scores", found, "a (B, K, H, W) tensor")
+    height, width = _check_size(valid_size, owner, "valid_size")
+    label_size = _check_size(label_size, owner, "label_size")
+    if height > scores.shape[-2] or width > scores.shape[-1]:
+        expected = f"at most the scores' size {tuple(scores.shape[-2:])}"
+        raise InvalidHyperparameterError(owner, "valid_size", (height, width), expected)
+    scores = scores[..., :height, :width]
+    if (height, width) != label_size:
+        scores = F.interpolate(scores, size=label_size, mode="bilinear", align_corners=False)
+    return scores
+
+
+def predict_to_label(
+    model: nn.Module,
+    images: torch.Tensor,
+    valid_size: Sequence[int],
+    label_size: Sequence[int],
+    mode: str = "whole",
+    **options,
+) -> torch.Tensor:
+    """Scores (B, K, H, W) at the label's size for a batch prepared by ``ValTransform`` (images zero-padded at the
+    bottom/right, content ``valid_size``), with inference ``mode`` and its ``options`` as in ``predict``.
+
+    "whole" runs on the padded batch: the models from ``create_model`` would pad it the same way, so the result
+    equals a prediction on the unpadded images. "slide" and "msflip" get the unpadded images, since their windows
+    and scales are placed relative to the image's border. ``restore_to_label`` then maps the scores to the label."""
+    _check_images(images, "predict_to_label")
+    if mode != "whole":
+        height, width = _check_size(valid_size, "predict_to_label", "valid_size")
+        images = images[..., :height, :width]
+    return restore_to_label(predict(model, images, mode, **options), valid_size, label_size)
+

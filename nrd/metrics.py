@@ -200,7 +200,8 @@ class SegmentationMetrics:
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
-        """Count one batch: ``pred`` and ``label`` of the same shape (H, W) or (B, H, W), integer dtypes."""
+        """Count one batch: ``pred`` and ``label`` of the same shape (H, W) or (B, H, W), integer dtypes. A batch
+        must hold whole, unpadded images of one size: Boundary IoU's d and image border come from the batch's H × W."""
         self._check(pred, label)
         if pred.dim() == 2:
             pred, label = pred.unsqueeze(0), label.unsqueeze(0)

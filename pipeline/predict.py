@@ -3,9 +3,10 @@
 A model is a resolved ``config.yaml`` (written beside every training run and logged to its MLflow run) plus a state
 dict (``model.pt``: the run's MLflow artifact ``weights/model.pt``, or the one in a checkpoint folder of the run
 directory). Images are prepared exactly as training's evaluation prepares the val split (``ValTransform()`` of
-``pipeline.train.decode_val``: ImageNet normalisation at the original size, no resize, no padding) and predicted
-with one of ``nrd.inference.MODES`` under bf16 autocast on CUDA (as training evaluates there) and fp32 elsewhere, so
-``whole`` reproduces training's evaluation pixel for pixel.
+``pipeline.train.decode_val``: ImageNet normalisation at the original size, no resize, zero padding to a multiple of
+32) and predicted with one of ``nrd.inference.MODES`` through ``nrd.inference.predict_to_label`` (scores cropped back
+to the image) under bf16 autocast on CUDA (as training evaluates there) and fp32 elsewhere, so ``whole`` reproduces
+training's evaluation pixel for pixel.
 
 Written under the output folder, for an input file ``a/b.jpg`` (its path relative to the input folder):
 
@@ -28,7 +29,7 @@ from nrd.data import read_manifest
 from nrd.data.base import DataError, decode_image, encode_png
 from nrd.data.transforms import TRAIN_PRESETS, ValTransform
 from nrd.errors import InvalidHyperparameterError, WeightsMismatchError
-from nrd.inference import predict
+from nrd.inference import predict_to_label
 from pipeline.config import FROM_DATA, ConfigError, TrainConfig, load_yaml
 from pipeline.files import write_atomic
 from pipeline.train import CHECKPOINT_WEIGHTS, colourise
@@ -202,11 +203,15 @@ def predict_label(
     model: torch.nn.Module, image: np.ndarray, mode: str = "whole", options: Mapping | None = None
 ) -> np.ndarray:
     """(H, W, 3) uint8 RGB → (H, W) uint8 train ids: ``ValTransform()`` as in training's evaluation, inference
-    ``mode`` with its ``options`` on the model's device, argmax over the classes."""
+    ``mode`` with its ``options`` on the model's device, scores restored to (H, W), argmax over the classes."""
     device = next(model.parameters()).device
-    tensor, _ = ValTransform()(image, np.zeros(image.shape[:2], dtype=np.uint8))  # the label is a placeholder
+    transform = ValTransform()
+    size = image.shape[:2]
+    tensor, _ = transform(image, np.zeros(size, dtype=np.uint8))  # the label is a placeholder
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        scores = predict(model, tensor[None].to(device), mode, **dict(options or {}))
+        scores = predict_to_label(
+            model, tensor[None].to(device), transform.valid_size(*size), size, mode, **dict(options or {})
+        )
     return scores.argmax(1)[0].to(torch.uint8).cpu().numpy()
 
 

@@ -194,6 +194,50 @@ def test_pascal_context_missing_list_file(tmp_path):
         create_dataset("pascal_context", tmp_path).list_samples("val")
 
 
+@pytest.mark.parametrize("missing", ["JPEGImages", "SegmentationClassContext", "ImageSets/SegmentationContext"])
+def test_pascal_context_missing_folder_points_to_the_conversion(pascal_context_root, missing):
+    voc = pascal_context_root / "VOCdevkit" / "VOC2010"
+    shutil.rmtree(voc / missing)
+    with pytest.raises(MissingPairError) as error:
+        create_dataset("pascal_context59", pascal_context_root).list_samples("train")
+    assert error.value.path == str(voc)
+    message = str(error.value)
+    assert f"missing {missing}" in message
+    assert "tools/dataset_converters/pascal_context.py" in message and "trainval_merged.json" in message
+
+
+@pytest.mark.parametrize("name", ["pascal_context", "pascal_context59"])
+def test_pascal_context_rejects_label_60(pascal_context_root, name):
+    dataset = create_dataset(name, pascal_context_root)
+    sample = dataset.list_samples("val")[0]
+    values = np.full((30, 40), 59, np.uint8)
+    values[3, 4] = 60
+    write_image(sample.label_path, values)
+    with pytest.raises(LabelValueError) as error:
+        dataset.read_sample(sample)
+    assert error.value.path == str(sample.label_path)
+    assert "values 60 are outside" in error.value.problem and "0-59" in error.value.problem
+
+
+def test_pascal_context59_names_order_and_palette(pascal_context_root):
+    full, reduced = (create_dataset(name, pascal_context_root).info for name in ("pascal_context", "pascal_context59"))
+    assert full.num_classes == len(full.palette) == 60 and reduced.num_classes == len(reduced.palette) == 59
+    assert reduced.class_names == full.class_names[1:] and reduced.palette == full.palette[1:]
+    # stored value v is class v - 1 of the 59 (the benchmark's order: 1 aeroplane ... 59 wood)
+    assert reduced.class_names[:3] == ("aeroplane", "bag", "bed") and reduced.class_names[-1] == "wood"
+    assert reduced.class_names.index("person") == 36 and reduced.class_names.index("tvmonitor") == 54
+    # the VOC colour map: background black, then (128, 0, 0), (0, 128, 0), (128, 128, 0), ...
+    assert full.palette[:4] == ((0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0))
+    assert len(set(full.palette)) == 60
+    dataset = create_dataset("pascal_context59", pascal_context_root)
+    sample = dataset.list_samples("val")[0]
+    stored = np.zeros((30, 40), np.uint8)
+    stored[0, :3] = (1, 37, 59)
+    write_image(sample.label_path, stored)
+    label = dataset.read_sample(sample).label
+    assert label[0, :4].tolist() == [0, 36, 58, 255]
+
+
 # --- bad input, on a small CamVid-layout folder ------------------------------------------------------------------
 
 

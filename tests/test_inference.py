@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nrd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ValTransform, ValTransformConfig
 from nrd.errors import InvalidHyperparameterError, UnknownNameError
-from nrd.inference import MODES, predict, predict_msflip, predict_slide, predict_whole
+from nrd.inference import (
+    MODES,
+    predict,
+    predict_msflip,
+    predict_slide,
+    predict_to_label,
+    predict_whole,
+    restore_to_label,
+)
 from nrd.model import create_model
 
 NUM_CLASSES = 5
@@ -128,18 +138,82 @@ def test_msflip_flips_back_and_resizes_back() -> None:
     assert torch.allclose(result.sum(dim=1), torch.ones(2, 20, 30), atol=1e-5)
 
 
-def test_odd_sizes_in_every_mode(real_model: nn.Module) -> None:
+@pytest.mark.parametrize("decoder", ["bilinear", "nrd"])
+def test_odd_sizes_in_every_mode(decoder: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(decoder, "resnet18", NUM_CLASSES, aux_head=False).eval()
     images = images_of(65, 97, batch=1)
     outputs = [
-        predict(real_model, images, "whole"),
-        predict(real_model, images, "slide", crop_size=(48, 64), stride=(24, 40)),
-        predict(real_model, images, "msflip"),
-        predict(real_model, images, "msflip", scales=(0.75, 1.25), base_mode="slide", crop_size=(48, 64)),
+        predict(model, images, "whole"),
+        predict(model, images, "slide", crop_size=(48, 64), stride=(24, 40)),
+        predict(model, images, "msflip"),
+        predict(model, images, "msflip", scales=(0.75, 1.25), base_mode="slide", crop_size=(48, 64)),
     ]
     for output in outputs:
         assert output.shape == (1, NUM_CLASSES, 65, 97) and torch.isfinite(output).all()
     for probabilities in outputs[2:]:
         assert torch.allclose(probabilities.sum(dim=1), torch.ones(1, 65, 97), atol=1e-5)
+
+
+def test_restore_to_label_by_hand() -> None:
+    scores = torch.arange(2 * 4 * 6, dtype=torch.float32).view(1, 2, 4, 6)
+    # same size: only the bottom/right padding goes
+    assert torch.equal(restore_to_label(scores, (2, 3), (2, 3)), scores[..., :2, :3])
+    assert torch.equal(restore_to_label(scores, (4, 6), (4, 6)), scores)
+    # valid 1×2 → label 2×4: both rows copy the one source row; columns at source x = -0.25 (clamped), 0.25, 0.75,
+    # 1.25 (clamped) of [a, b] give a, 0.75a + 0.25b, 0.25a + 0.75b, b
+    scores[0, 0, 0, :2] = torch.tensor([0.0, 4.0])
+    scores[0, 1, 0, :2] = torch.tensor([8.0, 0.0])
+    restored = restore_to_label(scores, (1, 2), (2, 4))
+    assert restored.shape == (1, 2, 2, 4)
+    assert restored[0, 0].tolist() == [[0.0, 1.0, 3.0, 4.0]] * 2
+    assert restored[0, 1].tolist() == [[8.0, 6.0, 2.0, 0.0]] * 2
+    # valid 4×4 → label 2×2: source centres at 0.5 and 2.5, i.e. the mean of each 2×2 block
+    block = torch.tensor([[1.0, 3.0, 0.0, 0.0], [5.0, 7.0, 0.0, 8.0], [2.0, 2.0, 9.0, 1.0], [2.0, 2.0, 1.0, 1.0]])
+    padded = torch.zeros(1, 1, 8, 8)
+    padded[..., :4, :4] = block
+    assert restore_to_label(padded, (4, 4), (2, 2))[0, 0].tolist() == [[4.0, 2.0], [2.0, 3.0]]
+    with pytest.raises(InvalidHyperparameterError, match="valid_size"):
+        restore_to_label(scores, (5, 6), (5, 6))
+    with pytest.raises(InvalidHyperparameterError, match="label_size"):
+        restore_to_label(scores, (4, 6), (0, 6))
+
+
+def normalised(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 → (1, 3, H, W) float32, ImageNet normalisation written out here."""
+    x = torch.from_numpy(image.copy()).permute(2, 0, 1).float()
+    return ((x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1))[None]
+
+
+def test_val_transform_then_restore_equals_the_model_on_the_unpadded_image(real_model: nn.Module) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    label = np.zeros((45, 61), dtype=np.uint8)
+    transform = ValTransform()
+    padded, _ = transform(image, label)
+    assert padded.shape == (3, 64, 64)
+    valid = transform.valid_size(45, 61)
+    with torch.no_grad():
+        reference = real_model(normalised(image))
+    result = predict_to_label(real_model, padded[None], valid, (45, 61))
+    assert result.shape == (1, NUM_CLASSES, 45, 61)
+    assert torch.equal(result, reference)  # the model's own padding is the transform's: the same numbers
+    # slide and msflip see the unpadded image: the same as calling them on it
+    slide = predict_to_label(real_model, padded[None], valid, (45, 61), "slide", crop_size=(32, 48))
+    assert torch.allclose(slide, predict_slide(real_model, normalised(image), (32, 48)), atol=1e-5)
+    msflip = predict_to_label(real_model, padded[None], valid, (45, 61), "msflip", scales=(0.5,), flip=False)
+    assert torch.allclose(msflip, predict_msflip(real_model, normalised(image), scales=(0.5,), flip=False), atol=1e-5)
+
+
+def test_val_transform_with_a_test_scale_then_restore(real_model: nn.Module) -> None:
+    image = np.random.default_rng(1).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    transform = ValTransform(ValTransformConfig(test_scale=(100, 40)))
+    padded, _ = transform(image, np.zeros((30, 50), dtype=np.uint8))
+    assert padded.shape == (3, 64, 96) and transform.valid_size(30, 50) == (40, 67)
+    resized = padded[None, :, :40, :67]
+    with torch.no_grad():
+        reference = F.interpolate(real_model(resized), size=(30, 50), mode="bilinear", align_corners=False)
+    result = predict_to_label(real_model, padded[None], (40, 67), (30, 50))
+    assert result.shape == (1, NUM_CLASSES, 30, 50) and torch.allclose(result, reference, atol=1e-5)
 
 
 def test_model_runs_in_eval_mode_and_keeps_its_own_modes(real_model: nn.Module) -> None:

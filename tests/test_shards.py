@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,8 @@ from nrd.data import (
     prepare_shards,
     read_manifest,
 )
-from nrd.data.shards import write_atomic
-from nrd.errors import UnknownNameError
+from nrd.data.shards import EmptySplitError, format_duration, progress_line, write_atomic
+from nrd.errors import InvalidHyperparameterError, UnknownNameError
 from pipeline.cli import main
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -153,18 +155,24 @@ def test_failed_write_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def write_camvid_pair(root: Path, split: str, name: str, rng: np.random.Generator) -> None:
+    for folder, array in ((split, rng.integers(0, 256, (6, 8, 3))), (f"{split}annot", rng.integers(0, 12, (6, 8)))):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array.astype(np.uint8)).save(root / folder / f"{name}.png")
+
+
 @pytest.fixture
 def camvid_with_bad_samples(tmp_path) -> Path:
-    """Five CamVid-layout samples; f1 has an undecodable image, f3 no label, f4 a label value out of the set."""
+    """Six CamVid-layout samples; f1 has an undecodable image, f3 no label, f4 a label value out of the set, f5 a
+    label of another size than its image."""
     root = tmp_path / "camvid"
     rng = np.random.default_rng(0)
-    for index in range(5):
-        for folder, array in (("train", rng.integers(0, 256, (6, 8, 3))), ("trainannot", rng.integers(0, 12, (6, 8)))):
-            (root / folder).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(array.astype(np.uint8)).save(root / folder / f"f{index}.png")
+    for index in range(6):
+        write_camvid_pair(root, "train", f"f{index}", rng)
     (root / "train" / "f1.png").write_bytes(b"\x89PNG broken")
     (root / "trainannot" / "f3.png").unlink()
     Image.fromarray(np.full((6, 8), 40, np.uint8)).save(root / "trainannot" / "f4.png")
+    Image.fromarray(np.zeros((5, 8), np.uint8)).save(root / "trainannot" / "f5.png")
     return root
 
 
@@ -186,16 +194,119 @@ def test_skip_bad_records_every_reason(camvid_with_bad_samples, tmp_path):
     )  # fmt: skip
     reasons = {entry["id"]: (Path(entry["file"]).relative_to(camvid_with_bad_samples), entry["reason"])
                for entry in manifest["skipped"]}  # fmt: skip
-    assert sorted(reasons) == ["f1", "f3", "f4"]
+    assert sorted(reasons) == ["f1", "f3", "f4", "f5"]
     assert reasons["f1"][0] == Path("train/f1.png") and "cannot decode" in reasons["f1"][1]
     assert reasons["f3"][0] == Path("trainannot/f3.png") and "not found" in reasons["f3"][1]
     assert reasons["f4"][0] == Path("trainannot/f4.png") and "40" in reasons["f4"][1]
+    assert reasons["f5"][0] == Path("trainannot/f5.png") and "8x5" in reasons["f5"][1] and "8x6" in reasons["f5"][1]
     assert manifest["splits"]["train"]["count"] == 2
     assert [ShardDataset(out, "train")[i]["id"] for i in range(2)] == ["f0", "f2"]
 
     with pytest.raises(CorruptImageError):  # a rerun without skip_bad does not keep shards that skipped samples
         prepare_shards(create_dataset("camvid", camvid_with_bad_samples), out, splits=["train"], shard_size=2,
                        progress=False)  # fmt: skip
+
+
+def test_skip_bad_rerun_picks_up_a_fixed_file(camvid_with_bad_samples, tmp_path):
+    out = tmp_path / "out"
+
+    def prepare() -> dict:
+        return prepare_shards(create_dataset("camvid", camvid_with_bad_samples), out, splits=["train"], shard_size=2,
+                              skip_bad=True, progress=False)  # fmt: skip
+
+    first = prepare()
+    assert first["splits"]["train"]["count"] == 2 and len(first["skipped"]) == 4
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(camvid_with_bad_samples / "train" / "f1.png")
+    second = prepare()
+    assert second["splits"]["train"]["count"] == 3
+    assert sorted(entry["id"] for entry in second["skipped"]) == ["f3", "f4", "f5"]
+    assert [row["id"] for row in ShardDataset(out, "train", verify=True)] == ["f0", "f1", "f2"]
+    np.testing.assert_array_equal(ShardDataset(out, "train")[1]["image"], np.zeros((6, 8, 3), np.uint8))
+    assert [record["rows"] for record in second["splits"]["train"]["shards"]] == [2, 1, 0]
+    assert second == read_manifest(out)
+
+
+def test_cli_prepare_names_a_bad_file(camvid_with_bad_samples, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["prepare", "--dataset", "camvid", "--root", str(camvid_with_bad_samples), "--out", str(out),
+            "--splits", "train", "--shard-size", "2", "--quiet"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(camvid_with_bad_samples / "train" / "f1.png") in err and "cannot decode image" in err
+    assert main([*args, "--skip-bad"]) == 0
+    assert "skipped 4 bad samples" in capsys.readouterr().out
+
+
+def test_empty_splits_are_named_errors(camvid_with_bad_samples, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["prepare", "--dataset", "camvid", "--root", str(camvid_with_bad_samples), "--out", str(out), "--quiet"]
+    for splits in ("", " , "):
+        assert main([*base, "--splits", splits]) == 2
+        err = capsys.readouterr().err
+        assert "--splits=" in err and "splits of camvid (train, val, test)" in err
+    assert not out.exists()
+    with pytest.raises(InvalidHyperparameterError, match="splits"):
+        prepare_shards(create_dataset("camvid", camvid_with_bad_samples), out, splits=[], progress=False)
+
+    # a split where every sample is bad: an error naming the split and the count, the manifest left incomplete
+    rng = np.random.default_rng(1)
+    for name in ("g0", "g1", "g2"):
+        write_camvid_pair(camvid_with_bad_samples, "val", name, rng)
+        (camvid_with_bad_samples / "valannot" / f"{name}.png").unlink()
+    assert main([*base, "--splits", "train,val", "--skip-bad"]) == 2
+    err = capsys.readouterr().err
+    assert "camvid split 'val'" in err and "all 3 samples were skipped as bad" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is False and len(manifest["skipped"]) == 4 + 3
+    with pytest.raises(NotPreparedError):
+        read_manifest(out)
+    with pytest.raises(EmptySplitError, match="val"):
+        prepare_shards(create_dataset("camvid", camvid_with_bad_samples), out, splits=["val"], skip_bad=True,
+                       progress=False)  # fmt: skip
+    with pytest.raises(EmptySplitError, match="the split lists no sample"):
+        prepare_shards(SyntheticDataset(num_samples={"train": 2, "val": 0}, size=(16, 16)), tmp_path / "s",
+                       progress=False)  # fmt: skip
+    assert not (tmp_path / "s").exists()
+
+
+def test_progress_line_by_hand():
+    assert format_duration(0) == "0:00" and format_duration(59.6) == "1:00" and format_duration(3725) == "1:02:05"
+    # 120 of 367 done, 100 of them read in 10 s: 10.0/s, 247 left → 24.7 s
+    line = progress_line("prepare camvid train", 120, 367, 100, 10.0)
+    assert line == "prepare camvid train: 120/367 samples (32.7%), 10.0/s, ETA 0:25"
+    assert progress_line("x", 4, 8, 0, 3.0) == "x: 4/8 samples (50.0%), ?/s, ETA ?"  # kept shards only: no rate
+    assert progress_line("x", 8, 8, 8, 2.0) == "x: 8/8 samples (100.0%), 4.0/s, ETA 0:00"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_per_shard_in_logs_and_per_sample_on_a_terminal(tmp_path, capsys, monkeypatch):
+    dataset = SyntheticDataset(**SYNTHETIC)
+    prepare_shards(dataset, tmp_path, splits=["train"], shard_size=4)
+    lines = capsys.readouterr().err.splitlines()  # pytest's stderr is not a terminal: one line per shard
+    assert [line.split(",")[0] for line in lines] == [
+        f"prepare synthetic train: {done}/14 samples ({100 * done / 14:.1f}%)" for done in (4, 8, 12, 14)
+    ]
+    assert all(re.search(r", [0-9.]+/s, ETA [0-9]+:[0-9]{2}$", line) for line in lines), lines
+    (tmp_path / "train" / "part-00003.parquet").unlink()
+    prepare_shards(dataset, tmp_path, splits=["train"], shard_size=4)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.endswith(" (kept)") for line in lines] == [True, True, True, False]
+    assert lines[0] == "prepare synthetic train: 4/14 samples (28.6%), ?/s, ETA ? (kept)"
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    prepare_shards(dataset, tmp_path / "tty", splits=["train", "val"], shard_size=4)
+    text = terminal.getvalue()
+    assert text.count("\n") == 2  # one line per split, rewritten in place
+    updates = [update.strip() for line in text.splitlines() for update in line.split("\r") if update]
+    assert [update.split(" samples")[0] for update in updates] == [
+        *(f"prepare synthetic train: {done}/14" for done in range(1, 15)),
+        *(f"prepare synthetic val: {done}/3" for done in range(1, 4)),
+    ]
 
 
 def test_checksum_and_manifest_errors(tmp_path):

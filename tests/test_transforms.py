@@ -110,6 +110,53 @@ def test_train_output_shapes_dtypes_and_label_values() -> None:
         assert set(label_t.unique().tolist()) <= set(values)
 
 
+def box_label(height: int, width: int, rows: slice, cols: slice) -> np.ndarray:
+    label = np.zeros((height, width), dtype=np.uint8)
+    label[rows, cols] = 1
+    return label
+
+
+def test_random_rescale_by_two_and_by_half_by_hand() -> None:
+    # ratio 2 of base scale (8, 6) = the 6×8 image's own size: a 12×16 image, each label pixel a 2×2 block
+    image, _ = random_pair(6, 8, (0,))
+    label = box_label(6, 8, slice(1, 4), slice(2, 6))
+    doubled = TrainTransform(fixed_geometry(6, 8, ratio_range=(2.0, 2.0), crop_size=(12, 16), cat_max_ratio=1.0))
+    image_t, label_t = doubled(image, label, np.random.default_rng(0))
+    assert image_t.shape == (3, 12, 16)
+    assert np.array_equal(label_t.numpy(), box_label(12, 16, slice(2, 8), slice(4, 12)))
+    assert np.array_equal(label_t.numpy(), np.kron(label, np.ones((2, 2), dtype=np.uint8)))
+
+    # ratio 0.5 of the 8×12 image's size: 4×6, output pixel i takes source pixel 2i + 1 (centre (i + 0.5) × 2);
+    # the 8×12 crop is then padded with ignore
+    image, _ = random_pair(8, 12, (0,))
+    label = box_label(8, 12, slice(2, 6), slice(4, 10))
+    halved = TrainTransform(fixed_geometry(8, 12, ratio_range=(0.5, 0.5), cat_max_ratio=1.0))
+    image_t, label_t = halved(image, label, np.random.default_rng(0))
+    expected = np.full((8, 12), 255, dtype=np.uint8)
+    expected[:4, :6] = box_label(4, 6, slice(1, 3), slice(2, 5))
+    assert image_t.shape == (3, 8, 12) and np.array_equal(label_t.numpy(), expected)
+    assert np.array_equal(expected[:4, :6], label[1::2, 1::2])
+    assert (image_t[:, 4:] == 0).all() and (image_t[:, :, 6:] == 0).all()
+
+
+def test_random_rescale_factors_stay_in_and_cover_the_ratio_range() -> None:
+    # a 50×50 image with base scale (50, 50) and a 100×100 crop (= the largest rescale): the whole rescaled image is
+    # in the crop, the rest is ignore, so the labelled rows measure the scale factor (to 1/50)
+    image, label = random_pair(50, 50, (0, 1))
+    transform = TrainTransform(fixed_geometry(50, 50, ratio_range=(0.5, 2.0), crop_size=(100, 100)))
+    factors = []
+    for seed in range(200):
+        _, label_t = transform(image, label, sample_rng(0, 0, seed))
+        labelled = (label_t != 255).numpy()
+        rows, cols = int(labelled.any(1).sum()), int(labelled.any(0).sum())
+        assert rows == cols and labelled[:rows, :cols].all()
+        factors.append(rows / 50)
+    assert min(factors) >= 0.5 and max(factors) <= 2.0
+    counts = np.histogram(factors, bins=6, range=(0.5, 2.0))[0]
+    assert (counts >= 10).all(), counts  # every quarter-unit of the range is drawn (uniform: 33 each on average)
+    assert min(factors) <= 0.6 and max(factors) >= 1.9
+
+
 def test_crop_respects_cat_max_ratio_when_achievable() -> None:
     # class 1 fills the top-left 50×50 quadrant of a 100×100 label, class 0 the rest; a random 50×50 crop passes the
     # 0.75 test with probability ≈ 0.36, ten attempts with ≈ 0.99
@@ -222,7 +269,7 @@ def test_saturation_and_hue_match_colorsys() -> None:
 def test_normalisation_by_hand() -> None:
     image = np.array([[[0, 128, 255], [123, 116, 103]]], dtype=np.uint8)
     label = np.array([[1, 255]], dtype=np.uint8)
-    image_t, label_t = ValTransform()(image, label)
+    image_t, label_t = ValTransform(ValTransformConfig(size_divisor=None))(image, label)
     expected = [
         [[(0 - 123.675) / 58.395, (123 - 123.675) / 58.395]],
         [[(128 - 116.28) / 57.12, (116 - 116.28) / 57.12]],
@@ -230,15 +277,39 @@ def test_normalisation_by_hand() -> None:
     ]
     assert image_t.dtype == torch.float32 and np.allclose(image_t.numpy(), expected, atol=1e-6)
     assert label_t.dtype == torch.int64 and label_t.tolist() == [[1, 255]]
+    padded, _ = ValTransform()(image, label)  # default: padded to 32×32, the content unchanged
+    assert padded.shape == (3, 32, 32) and torch.equal(padded[:, :1, :2], image_t)
 
 
-def test_validation_resizes_the_image_only() -> None:
+@pytest.mark.parametrize("size", [(30, 50), (64, 96), (33, 65), (1, 1)])
+def test_validation_pads_the_image_to_a_multiple_of_32_and_leaves_the_label(size: tuple[int, int]) -> None:
+    image, label = random_pair(*size, (0, 4, 255))
+    transform = ValTransform()
+    image_t, label_t = transform(image, label)
+    padded = tuple(-(-side // 32) * 32 for side in size)  # next multiple of 32, by ceiling division
+    assert image_t.shape == (3, *padded) and image_t.dtype == torch.float32 and image_t.is_contiguous()
+    assert transform.valid_size(*size) == size
+    height, width = size
+    assert np.allclose(image_t[:, :height, :width].numpy(), hand_normalize(image), atol=1e-5)
+    assert (image_t[:, height:] == 0).all() and (image_t[:, :, width:] == 0).all()
+    assert label_t.dtype == torch.int64 and label_t.numpy().astype(np.uint8).tobytes() == label.tobytes()
+    assert label_t.shape == size
+
+
+def test_validation_resizes_then_pads_the_image_only() -> None:
     image, label = random_pair(30, 50, (0, 4, 255))
-    image_t, label_t = ValTransform(ValTransformConfig(test_scale=(100, 40)))(image, label)
-    assert image_t.shape == (3, 40, 67)  # factor min(100/50, 40/30) = 4/3
+    transform = ValTransform(ValTransformConfig(test_scale=(100, 40)))
+    image_t, label_t = transform(image, label)
+    assert transform.valid_size(30, 50) == (40, 67)  # factor min(100/50, 40/30) = 4/3
+    assert image_t.shape == (3, 64, 96)
+    reference = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].double(), size=(40, 67),
+                              mode="bilinear", align_corners=False)[0]  # fmt: skip
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    assert torch.allclose(image_t[:, :40, :67].double(), (reference - mean) / std, atol=1e-4)
+    assert (image_t[:, 40:] == 0).all() and (image_t[:, :, 67:] == 0).all()
     assert np.array_equal(label_t.numpy(), label)
-    image_t, label_t = ValTransform()(image, label)
-    assert image_t.shape == (3, 30, 50) and np.array_equal(label_t.numpy(), label)
+    unpadded, _ = ValTransform(ValTransformConfig(test_scale=(100, 40), size_divisor=None))(image, label)
+    assert unpadded.shape == (3, 40, 67) and torch.equal(unpadded, image_t[:, :40, :67])
 
 
 def test_bad_inputs_raise_named_errors() -> None:
@@ -276,6 +347,9 @@ def test_presets_and_config_checks() -> None:
             TrainTransformConfig(**{"base_scale": (64, 32), "crop_size": (16, 16), **bad})
     with pytest.raises(InvalidHyperparameterError, match="test_scale"):
         ValTransformConfig(test_scale=(100,))
+    for bad in (0, 32.0, True):
+        with pytest.raises(InvalidHyperparameterError, match="size_divisor"):
+            ValTransformConfig(size_divisor=bad)
 
 
 def test_camvid_preset_on_a_real_frame() -> None:

@@ -1,9 +1,20 @@
-"""PASCAL Context on VOC2010: ``VOCdevkit/VOC2010/JPEGImages/{id}.jpg`` with
-``SegmentationClassContext/{id}.png`` (values 0-59, 0 = background) for the ids listed in
-``ImageSets/SegmentationContext/{train,val}.txt``. Two variants: 60 classes with background, or 59 with background
-ignored."""
+"""PASCAL Context on VOC2010, in the layout mmsegmentation's converter produces (not the official ``.mat`` release):
+
+    VOCdevkit/VOC2010/JPEGImages/{id}.jpg                            the VOC2010 images
+    VOCdevkit/VOC2010/SegmentationClassContext/{id}.png              8-bit labels, values 0-59 (0 = background)
+    VOCdevkit/VOC2010/ImageSets/SegmentationContext/{train,val}.txt  the image ids of each split
+
+The official annotations cover the full label set (459 categories) in ``trainval_merged.json`` (or ``.mat`` files);
+the benchmark keeps 59 of them plus background. To get the layout above: unpack ``VOCtrainval_03-May-2010.tar``,
+download ``trainval_merged.json`` from the PASCAL Context page, install the Detail API
+(github.com/zhanghang1989/detail-api) and run, from an mmsegmentation checkout,
+``python tools/dataset_converters/pascal_context.py VOCdevkit path/to/trainval_merged.json``: it writes both the
+label PNGs and the split lists. Two variants: 60 classes with background, or 59 with background ignored.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from nrd.data.base import DatasetInfo, MissingPairError, Sample
 from nrd.data.readers import FilePairDataset, bit_palette, check_split, label_lut, zero_ignored_lut
@@ -18,6 +29,11 @@ CLASS_NAMES_59 = (
     "track", "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood",
 )  # fmt: skip
 _PALETTE_60 = bit_palette(len(CLASS_NAMES_59) + 1)
+CONVERSION_HINT = (
+    "the labels (SegmentationClassContext/*.png, values 0-59) and split lists come from converting "
+    "trainval_merged.json with mmsegmentation's tools/dataset_converters/pascal_context.py "
+    "(see the docstring of nrd.data.pascal_context)"
+)
 
 
 class PascalContextDataset(FilePairDataset):
@@ -32,8 +48,13 @@ class PascalContextDataset(FilePairDataset):
         check_split(self, split)
         voc = self.root / "VOCdevkit" / "VOC2010"
         list_file = voc / "ImageSets" / "SegmentationContext" / f"{split}.txt"
-        if not list_file.is_file():
-            raise MissingPairError(list_file, f"PASCAL Context {split} list file not found")
+        expected = [(voc / "JPEGImages", Path.is_dir), (voc / "SegmentationClassContext", Path.is_dir),
+                    (list_file, Path.is_file)]  # fmt: skip
+        missing = [path.relative_to(voc).as_posix() for path, exists in expected if not exists(path)]
+        if missing:
+            raise MissingPairError(
+                voc, f"PASCAL Context layout incomplete, missing {', '.join(missing)}; {CONVERSION_HINT}"
+            )
         ids = sorted({line.strip() for line in list_file.read_text().splitlines() if line.strip()})
         if not ids:
             raise MissingPairError(list_file, "the list file names no image")

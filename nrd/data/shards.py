@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TextIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -57,6 +58,10 @@ class ShardChecksumError(DataError):
     """A shard listed in the manifest that is missing or whose SHA-256 differs from the recorded one."""
 
 
+class EmptySplitError(DataError):
+    """A split with no sample to write: its listing is empty, or every sample was skipped as bad."""
+
+
 def prepare_shards(
     dataset: SegmentationDataset,
     out_dir: str | Path,
@@ -74,15 +79,23 @@ def prepare_shards(
     file, missing partner, label value or size problems) raise unless ``skip_bad``, in which case each is listed
     under ``skipped`` with its file and reason. Every file is written to a temporary name and renamed, and the
     manifest (``complete: false`` until the end) is updated after each shard: rerunning after an interruption
-    keeps the complete shards (file present, SHA-256 as recorded) and rewrites the rest. ``workers`` threads read
-    samples; ``progress`` prints a line per shard on stderr.
+    keeps the complete shards (file present, SHA-256 as recorded, no sample skipped: a file fixed since is read
+    again) and rewrites the rest. A split without any sample to write raises ``EmptySplitError`` (before writing
+    anything when its listing is empty; after its shards, with ``manifest.json`` left incomplete and the skipped
+    files recorded in it, when every sample was skipped). ``workers`` threads read samples; ``progress`` reports on
+    stderr (see ``Progress``).
     """
     for name, value, minimum in (("shard_size", shard_size, 1), ("limit", limit, 1), ("workers", workers, 1)):
         if value is not None and (not isinstance(value, int) or value < minimum):
             raise InvalidHyperparameterError("prepare_shards", name, value, f"an integer >= {minimum}")
+    if isinstance(splits, str) or len(splits) == 0:
+        raise InvalidHyperparameterError("prepare_shards", "splits", splits, f"a non-empty list of {dataset.splits}")
     for split in splits:
         check_split(dataset, split)
     listings = {split: dataset.list_samples(split)[:limit] for split in splits}  # fail early on a missing split
+    for split, samples in listings.items():
+        if not samples:
+            raise EmptySplitError(f"{dataset.info.name} split {split!r}", "the split lists no sample")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     remove_temp_files(out)
@@ -105,7 +118,14 @@ def prepare_shards(
     previous = previous_manifest(out, manifest)
     with ThreadPoolExecutor(workers) as pool:
         for split, samples in listings.items():
-            prepare_split(dataset, samples, out, split, manifest, previous, pool, progress)
+            report = Progress(f"prepare {info.name} {split}", len(samples), sys.stderr if progress else None)
+            prepare_split(dataset, samples, out, split, manifest, previous, pool, report)
+            if manifest["splits"][split]["count"] == 0:
+                raise EmptySplitError(
+                    f"{info.name} split {split!r}",
+                    f"all {len(samples)} samples were skipped as bad (files and reasons under 'skipped' in "
+                    f"{out / MANIFEST}); fix them, or leave the split out",
+                )
     manifest["complete"] = True
     write_json(out / MANIFEST, manifest)
     return manifest
@@ -119,7 +139,7 @@ def prepare_split(
     manifest: dict,
     previous: dict,
     pool: ThreadPoolExecutor,
-    progress: bool,
+    progress: Progress,
 ) -> None:
     ids_sha256 = hashlib.sha256("\n".join(sample.id for sample in samples).encode()).hexdigest()
     old_split = previous.get("splits", {}).get(split, {})
@@ -131,37 +151,96 @@ def prepare_split(
     remove_temp_files(folder)
     entry = {"count": 0, "sample_ids_sha256": ids_sha256, "shards": []}
     manifest["splits"][split] = entry
-    started = time.monotonic()
     shard_size = manifest["shard_size"]
-    for index, start in enumerate(range(0, len(samples), shard_size)):
-        chunk = samples[start : start + shard_size]
-        file = f"{split}/part-{index:05d}.parquet"
-        record = old_records.get(file)
-        skipped = [s for s in previous.get("skipped", []) if s["shard"] == file]
-        kept = record is not None and (manifest["skip_bad"] or not skipped) and is_intact(out, record)
-        if not kept:
-            results = list(pool.map(lambda sample: read_row(dataset, sample, manifest["skip_bad"]), chunk))
-            skipped = [
-                {"split": split, "id": s.id, "file": r.path, "reason": r.problem, "shard": file}
-                for s, r in zip(chunk, results, strict=True)
-                if isinstance(r, DataError)
-            ]
-            record = write_shard([r for r in results if not isinstance(r, DataError)], out, file)
-        entry["shards"].append(record)
-        entry["count"] += record["rows"]
-        manifest["skipped"] += skipped
-        write_json(out / MANIFEST, manifest)
-        if progress:
-            rate = (start + len(chunk)) / max(time.monotonic() - started, 1e-9)
-            print(
-                f"prepare {manifest['dataset']} {split}: {start + len(chunk)}/{len(samples)} samples "
-                f"({rate:.1f}/s){' (kept)' if kept else ''}",
-                file=sys.stderr,
-            )
+    try:
+        for index, start in enumerate(range(0, len(samples), shard_size)):
+            chunk = samples[start : start + shard_size]
+            file = f"{split}/part-{index:05d}.parquet"
+            record = old_records.get(file)
+            # a shard that skipped samples is redone: the bad files may have been fixed since
+            had_skipped = any(item["shard"] == file for item in previous.get("skipped", []))
+            kept = record is not None and not had_skipped and is_intact(out, record)
+            skipped = []
+            if kept:
+                progress.advance(len(chunk), read=False)
+            else:
+                results = []
+                for result in pool.map(lambda sample: read_row(dataset, sample, manifest["skip_bad"]), chunk):
+                    results.append(result)
+                    progress.advance(1)
+                skipped = [
+                    {"split": split, "id": s.id, "file": r.path, "reason": r.problem, "shard": file}
+                    for s, r in zip(chunk, results, strict=True)
+                    if isinstance(r, DataError)
+                ]
+                record = write_shard([r for r in results if not isinstance(r, DataError)], out, file)
+            entry["shards"].append(record)
+            entry["count"] += record["rows"]
+            manifest["skipped"] += skipped
+            write_json(out / MANIFEST, manifest)
+            progress.shard_done(kept)
+    finally:
+        progress.close()
     listed = {record["file"] for record in entry["shards"]}
     for stale in folder.glob("part-*.parquet"):
         if f"{split}/{stale.name}" not in listed:
             stale.unlink()
+
+
+def format_duration(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from one hour on, rounded to the second."""
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def progress_line(title: str, done: int, total: int, read: int, seconds: float) -> str:
+    """One progress report, e.g. ``prepare camvid train: 120/367 samples (32.7%), 10.0/s, ETA 0:25``. The rate
+    counts the ``read`` samples of this run over ``seconds`` (shards kept from an earlier run cost nothing); the ETA
+    is the samples left at that rate; both are ``?`` before any sample was read."""
+    percent = 100 * done / total if total else 100.0
+    if read and seconds > 0:
+        rate = read / seconds
+        speed = f"{rate:.1f}/s, ETA {format_duration((total - done) / rate)}"
+    else:
+        speed = "?/s, ETA ?"
+    return f"{title}: {done}/{total} samples ({percent:.1f}%), {speed}"
+
+
+class Progress:
+    """Progress of one split of ``prepare_shards`` on ``stream`` (None: silent). On a terminal, one line rewritten
+    in place (``\\r``) after every sample; elsewhere (a log file, a pipe) one line per shard, marked ``(kept)`` for a
+    shard kept from an earlier run, so that logs stay short. See ``progress_line`` for the line."""
+
+    def __init__(self, title: str, total: int, stream: TextIO | None):
+        self.title, self.total, self.stream = title, total, stream
+        self.tty = stream is not None and stream.isatty()
+        self.done = self.read = self.width = 0
+        self.started = time.monotonic()
+
+    def line(self) -> str:
+        return progress_line(self.title, self.done, self.total, self.read, time.monotonic() - self.started)
+
+    def advance(self, count: int, read: bool = True) -> None:
+        """``count`` more samples done; ``read``: by reading them (not by keeping their shard)."""
+        self.done += count
+        self.read += count if read else 0
+        if self.tty:
+            text = self.line()
+            self.stream.write("\r" + text.ljust(self.width))
+            self.stream.flush()
+            self.width = max(self.width, len(text))
+
+    def shard_done(self, kept: bool) -> None:
+        if self.stream is not None and not self.tty:
+            print(self.line() + (" (kept)" if kept else ""), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """End the terminal line (also after an error, so that the error message starts on a line of its own)."""
+        if self.tty and self.width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.width = 0
 
 
 def read_row(dataset: SegmentationDataset, sample: Sample, skip_bad: bool) -> dict | DataError:
@@ -236,17 +315,35 @@ def remove_temp_files(folder: Path) -> None:
         leftover.unlink()
 
 
+def read_uri(uri: str) -> str:
+    """The text of the file at ``uri``, through pyarrow's file systems."""
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
 def read_manifest(root: str | Path) -> dict:
-    """The manifest of a prepared folder; ``NotPreparedError`` when it is missing, unreadable, of another format
-    version, or from a run that did not finish."""
-    path = Path(root) / MANIFEST
-    if not path.is_file():
-        raise NotPreparedError(
-            root,
-            f"not a prepared dataset (no {MANIFEST}); run `nrd-bench prepare --dataset NAME --root DATA --out {root}`",
-        )
+    """The manifest of a prepared folder, a local path or a URI pyarrow reads (``s3://``, ``gs://``, ``file://``,
+    ...); ``NotPreparedError`` when it is missing, unreadable, of another format version, or from a run that did not
+    finish."""
+    missing = f"not a prepared dataset (no {MANIFEST}); run `nrd-bench prepare --dataset NAME --root DATA --out {root}`"
+    if "://" in str(root):
+        path = f"{str(root).rstrip('/')}/{MANIFEST}"
+        try:
+            text = read_uri(path)
+        except FileNotFoundError:
+            raise NotPreparedError(root, missing) from None
+        except (OSError, ValueError) as error:  # pyarrow: unknown scheme, no credentials, unreachable...
+            raise NotPreparedError(path, f"cannot read the manifest ({error})") from error
+    else:
+        path = Path(root) / MANIFEST
+        if not path.is_file():
+            raise NotPreparedError(root, missing)
+        text = None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text() if text is None else text)
     except (OSError, ValueError) as error:
         raise NotPreparedError(path, f"unreadable manifest ({error}); rerun `nrd-bench prepare`") from error
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:

@@ -20,9 +20,11 @@ Randomness comes only from the ``np.random.Generator`` passed in (see ``sample_r
 geometry (ratio, crop positions, flip) first, then the photometric parameters. So the same generator state gives the
 same output, and turning the photometric distortion on or off leaves the label unchanged.
 
-Validation (``ValTransform``): normalisation only, plus an optional keep-ratio resize of the image to a test scale.
-The label is never touched and nothing is padded: the models from ``create_model`` pad to a multiple of 32 and crop
-back internally, and the evaluator resizes the logits to the label's size when a test scale was used.
+Validation (``ValTransform``): normalisation, an optional keep-ratio resize of the image to a test scale, then
+zero padding at the bottom/right up to a multiple of ``size_divisor`` (32). The label is never touched. The padding
+is the one the models from ``create_model`` apply themselves, so a whole-image prediction on the padded image equals
+the model's prediction on the unpadded one once cropped; ``nrd.inference.restore_to_label`` crops the scores to
+``ValTransform.valid_size`` and resizes them to the label's size.
 """
 
 from __future__ import annotations
@@ -114,9 +116,11 @@ class TrainTransformConfig:
 @dataclass(frozen=True)
 class ValTransformConfig:
     """Settings of ``ValTransform``: an optional test scale (long side, short side) the image is resized to fit
-    (keeping its aspect ratio; None keeps the original size), and the normalisation."""
+    (keeping its aspect ratio; None keeps the original size), the multiple the image's height and width are padded
+    to (None: no padding), and the normalisation."""
 
     test_scale: tuple[int, int] | None = None
+    size_divisor: int | None = 32
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -125,6 +129,9 @@ class ValTransformConfig:
         if self.test_scale is not None:
             expected = "None or two positive integers (long, short)"
             object.__setattr__(self, "test_scale", _check_int_pair(self.test_scale, owner, "test_scale", expected))
+        divisor = self.size_divisor
+        if divisor is not None and (not isinstance(divisor, int) or isinstance(divisor, bool) or divisor < 1):
+            raise InvalidHyperparameterError(owner, "size_divisor", divisor, "None or a positive integer")
         object.__setattr__(self, "mean", _check_channels(self.mean, owner, "mean", positive=False))
         object.__setattr__(self, "std", _check_channels(self.std, owner, "std", positive=True))
 
@@ -278,6 +285,13 @@ def normalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     return out
 
 
+def pad_to_multiple(image: torch.Tensor, divisor: int) -> torch.Tensor:
+    """(C, H, W) → (C, H', W') zero-padded at the bottom/right, H' and W' the next multiples of ``divisor`` (the
+    padding ``SegmentationModel`` applies to its input); the same tensor when nothing needs padding."""
+    pad_h, pad_w = -image.shape[-2] % divisor, -image.shape[-1] % divisor
+    return F.pad(image, (0, pad_w, 0, pad_h)) if pad_h or pad_w else image
+
+
 def _check_inputs(image: np.ndarray, label: np.ndarray, owner: str) -> None:
     source = f"{owner} input"
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -321,16 +335,24 @@ class TrainTransform:
 
 
 class ValTransform:
-    """(image (H, W, 3) uint8 RGB, label (H, W) uint8) → (float32 (3, h, w), int64 (H, W)).
+    """(image (H, W, 3) uint8 RGB, label (H, W) uint8) → (float32 (3, h', w'), int64 (H, W)).
 
-    The image is normalised and, when ``config.test_scale`` is set, resized to fit it keeping its aspect ratio, so
-    (h, w) may differ from (H, W); the label keeps its original size and values, and predictions must be resized to
-    it before scoring. No padding: the models pad internally. ``rng`` is ignored; it is accepted so that callers can
-    treat both transforms alike.
+    The image is normalised, resized to fit ``config.test_scale`` keeping its aspect ratio when one is set, and
+    zero-padded at the bottom/right so that h' and w' are multiples of ``config.size_divisor``. The image content
+    (before padding) is ``valid_size(H, W)``; the label keeps its original size and values. Scores predicted on the
+    image are mapped back to the label with ``nrd.inference.restore_to_label`` (crop to the valid size, resize to the
+    label's). ``rng`` is ignored; it is accepted so that callers can treat both transforms alike.
     """
 
     def __init__(self, config: ValTransformConfig | None = None):
         self.config = config or ValTransformConfig()
+
+    def valid_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of the image content, before padding, for an (``height``, ``width``) input: the test-scale size,
+        or the input size when no test scale is set."""
+        if self.config.test_scale is None:
+            return height, width
+        return rescaled_size(height, width, self.config.test_scale)
 
     def __call__(
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None = None
@@ -340,5 +362,8 @@ class ValTransform:
         if config.test_scale is None:
             image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         else:
-            image_t = resize_image(image, rescaled_size(*label.shape, config.test_scale))
-        return normalize(image_t, config.mean, config.std), torch.from_numpy(label.astype(np.int64))
+            image_t = resize_image(image, self.valid_size(*label.shape))
+        image_t = normalize(image_t, config.mean, config.std)
+        if config.size_divisor is not None:
+            image_t = pad_to_multiple(image_t, config.size_divisor)
+        return image_t, torch.from_numpy(label.astype(np.int64))

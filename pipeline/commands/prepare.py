@@ -35,7 +35,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--workers", type=int, default=min(4, os.cpu_count() or 1), help="reader threads (default: up to 4)"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress (a line updated per sample on a terminal, else one per shard)"
+    )
     synthetic = parser.add_argument_group("synthetic dataset")
     synthetic.add_argument("--num-train", type=int, help="train samples (default 512)")
     synthetic.add_argument("--num-val", type=int, help="val samples (default 128)")
@@ -61,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
             key, value = next(iter(options.items()))
             raise InvalidHyperparameterError("nrd-bench prepare", SYNTHETIC_FLAGS[key], value, "only with synthetic")
     splits = [split.strip() for split in args.splits.split(",") if split.strip()]
+    if not splits:
+        expected = f"comma-separated splits of {args.dataset} ({', '.join(dataset.splits)})"
+        raise InvalidHyperparameterError("nrd-bench prepare", "--splits", args.splits, expected)
     manifest = prepare_shards(
         dataset, args.out, splits=splits, shard_size=args.shard_size, skip_bad=args.skip_bad, limit=args.limit,
         workers=args.workers, progress=not args.quiet,
