@@ -76,13 +76,15 @@ class ScalingSettings:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Where results go and how they are tracked. Re-running with the same ``storage_path`` and ``name`` resumes."""
+    """Where results go and how they are tracked. Re-running with the same ``storage_path`` and ``name`` resumes.
+    ``storage_path`` is a folder (on a cluster, one every node mounts), not a URI."""
 
     storage_path: str = "results"
     name: str = ""
     max_failures: int = 0
     tracking_uri: str | None = None
     experiment: str = "nrd-bench"
+    tracking_timeout: float = 300.0  # seconds the end of a run waits for an unreachable MLflow before giving up
 
 
 FROM_DATA = 0  # model.num_classes when not given: taken from the prepared data set's manifest
@@ -144,6 +146,11 @@ class TrainConfig:
                  ">= 0")  # fmt: skip
         _require(schedule.lr > 0, source, "schedule.lr", schedule.lr, "> 0")
         _require(0 <= schedule.min_lr <= schedule.lr, source, "schedule.min_lr", schedule.min_lr, "in [0, lr]")
+        _require(0 <= schedule.momentum < 1, source, "schedule.momentum", schedule.momentum, "in [0, 1)")
+        _require(schedule.weight_decay >= 0, source, "schedule.weight_decay", schedule.weight_decay, ">= 0")
+        _require(0 < schedule.warmup_ratio <= 1, source, "schedule.warmup_ratio", schedule.warmup_ratio, "in (0, 1]")
+        _require(schedule.power > 0, source, "schedule.power", schedule.power, "> 0")
+        _require(schedule.aux_weight >= 0, source, "schedule.aux_weight", schedule.aux_weight, ">= 0")
         _require(scaling.workers >= 1, source, "scaling.workers", scaling.workers, ">= 1")
         _require(scaling.cpus_per_worker > 0, source, "scaling.cpus_per_worker", scaling.cpus_per_worker, "> 0")
         _require(scaling.gpus_per_worker >= 0, source, "scaling.gpus_per_worker", scaling.gpus_per_worker, ">= 0")
@@ -152,9 +159,22 @@ class TrainConfig:
                 f"{source}: schedule.batch_size={schedule.batch_size} is not divisible by scaling.workers="
                 f"{scaling.workers}; the global batch is fixed, so each worker must take batch_size / workers"
             )
+        if schedule.batch_size // scaling.workers == 1 and not (scaling.use_gpu and scaling.workers > 1):
+            raise ConfigError(
+                f"{source}: schedule.batch_size={schedule.batch_size} over scaling.workers={scaling.workers} gives "
+                "each worker 1 image; BatchNorm (the context module's image pooling) needs 2 or more, unless "
+                "SyncBatchNorm pools them across several GPU workers"
+            )
         if not self.data.dataset_dir:
             raise ConfigError(f"{source}: data.dataset_dir is empty; expected the output folder of nrd-bench prepare")
         _require(self.run.max_failures >= -1, source, "run.max_failures", self.run.max_failures, ">= -1 (-1: no limit)")
+        _require(self.run.tracking_timeout >= 0, source, "run.tracking_timeout", self.run.tracking_timeout, ">= 0")
+        if "://" in self.run.storage_path:
+            raise ConfigError(
+                f"{source}: run.storage_path={self.run.storage_path!r} is a URI; expected a folder path. The run's "
+                "record, config, results and MLflow buffer are files beside the checkpoints, so on a cluster give a "
+                "folder that every node mounts (NFS, EFS, a Kubernetes ReadWriteMany volume: see deploy/README.md)"
+            )
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:

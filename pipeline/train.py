@@ -11,6 +11,7 @@ the trial's process instead (see ``TrialSession``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -19,6 +20,7 @@ import math
 import os
 import random
 import secrets
+import shlex
 import sys
 import tempfile
 import time
@@ -36,7 +38,7 @@ from nrd.cost import count_macs, count_params, measure_latency
 from nrd.data import read_manifest
 from nrd.data.base import decode_image, decode_label
 from nrd.data.transforms import TRAIN_PRESETS, TrainTransform, TrainTransformConfig, ValTransform
-from nrd.inference import predict
+from nrd.inference import predict_to_label
 from nrd.metrics import SegmentationMetrics
 from pipeline.config import FROM_DATA, ConfigError, TrainConfig
 from pipeline.files import write_atomic
@@ -84,10 +86,12 @@ def decode_augment(batch: dict[str, np.ndarray], transform: TrainTransformConfig
 
 
 def decode_val(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray Data batch function for evaluation (batch size 1: sizes may differ): normalised image, untouched label."""
-    normalise = ValTransform()
-    image, label = normalise(decode_image(batch["image"][0], batch["id"][0]), decode_label(batch["label"][0]))
-    return {"image": image.numpy()[None], "label": label.numpy()[None]}
+    """Ray Data batch function for evaluation (batch size 1: sizes may differ): the normalised image padded to a
+    multiple of 32, its size before padding (``valid_size``) and the untouched label."""
+    transform = ValTransform()
+    image, label = transform(decode_image(batch["image"][0], batch["id"][0]), decode_label(batch["label"][0]))
+    valid_size = np.array([transform.valid_size(*label.shape)], dtype=np.int64)
+    return {"image": image.numpy()[None], "label": label.numpy()[None], "valid_size": valid_size}
 
 
 def shard_files(dataset_dir: str, manifest: dict, split: str) -> list[str]:
@@ -99,6 +103,8 @@ def shard_files(dataset_dir: str, manifest: dict, split: str) -> list[str]:
 
 
 def build_datasets(config: TrainConfig, manifest: dict) -> dict[str, Any]:
+    """``train``: shards → decode → augment, split across the workers. ``val``: decoded, normalised; every worker
+    gets all of it and evaluates the rows ``index % world == rank`` (Ray's equal split would drop rows)."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
@@ -107,7 +113,9 @@ def build_datasets(config: TrainConfig, manifest: dict) -> dict[str, Any]:
     transform = transform_config(config, manifest)
     directory = config.data.dataset_dir
     task = {"num_cpus": DATA_TASK_CPUS}
-    train = ray.data.read_parquet(shard_files(directory, manifest, "train"), **task).map_batches(
+    # Shards in a new order every epoch (rows inside a shard are mixed by the workers' local shuffle buffer)
+    train = ray.data.read_parquet(shard_files(directory, manifest, "train"), **task).randomize_block_order()
+    train = train.map_batches(
         decode_augment, batch_size=4, fn_kwargs={"transform": transform, "seed": config.schedule.seed}, **task
     )
     val = ray.data.read_parquet(shard_files(directory, manifest, "val"), **task)
@@ -160,30 +168,50 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def evaluate(
-    model, val_shard, num_classes: int, ignore_index: int, device, use_amp: bool, keep: int = 0, mode: str = "whole"
+    model,
+    val_data,
+    num_classes: int,
+    ignore_index: int,
+    device,
+    use_amp: bool,
+    keep: int = 0,
+    mode: str = "whole",
+    rank: int = 0,
+    world: int = 1,
 ):
-    """Dataset-level metrics over this worker's val shard, summed across workers; also the first ``keep``
-    (image, label, prediction) triples of this worker for pictures. ``mode``: an ``nrd.inference`` mode."""
+    """Dataset-level metrics over the val split, summed across workers: each worker reads all of ``val_data`` and
+    evaluates the rows ``index % world == rank``. Also the number of images evaluated (summed) and this worker's
+    first ``keep`` (image, label, prediction) triples for pictures. ``mode``: an ``nrd.inference`` mode."""
     import torch.distributed as dist
 
     metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index, device=device)
+    images = torch.zeros((), dtype=torch.int64, device=device)
     examples = []
     network = unwrap(model)
+    distributed = world > 1 and dist.is_available() and dist.is_initialized()
+    if distributed:  # each worker's last forward updated its own BatchNorm statistics: evaluate rank 0's model
+        for buffer in network.buffers():
+            dist.broadcast(buffer, src=0)
     was_training = network.training
     network.eval()
     with torch.inference_mode():
-        for batch in val_shard.iter_torch_batches(batch_size=1, device=device):
+        for index, batch in enumerate(val_data.iter_torch_batches(batch_size=1, device=device)):
+            if index % world != rank:
+                continue
+            height, width = batch["valid_size"][0].tolist()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                scores = network(batch["image"]) if mode == "whole" else predict(network, batch["image"], mode)
+                scores = predict_to_label(network, batch["image"], (height, width), batch["label"].shape[-2:], mode)
             prediction = scores.argmax(1)
             metrics.update(prediction, batch["label"])
-            if len(examples) < keep:
-                examples.append((batch["image"][0].cpu(), batch["label"][0].cpu(), prediction[0].cpu()))
+            images += 1
+            if len(examples) < keep:  # the image without its padding
+                image = batch["image"][0, :, :height, :width]
+                examples.append((image.cpu(), batch["label"][0].cpu(), prediction[0].cpu()))
     network.train(was_training)
-    if dist.is_available() and dist.is_initialized():
-        for tensor in metrics.state().values():
+    if distributed:
+        for tensor in (*metrics.state().values(), images):
             dist.all_reduce(tensor)
-    return metrics, examples
+    return metrics, int(images), examples
 
 
 def colourise(label: np.ndarray, palette: list[list[int]], ignore_index: int) -> np.ndarray:
@@ -270,12 +298,34 @@ class TrialSession:
         ray.tune.report(metrics, checkpoint=checkpoint)
 
 
+def prepare_network(model: torch.nn.Module, device_type: str, world: int) -> torch.nn.Module:
+    """On GPU: channels-last weights, and SyncBatchNorm when several workers share the batch. CPU: as built."""
+    if device_type != "cuda":
+        return model
+    model = model.to(memory_format=torch.channels_last)
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if world > 1 else model
+
+
+def distributed_backend() -> str:
+    import torch.distributed as dist
+
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else "none (one process)"
+
+
+def load_checkpoint_state(checkpoint) -> dict[str, Any] | None:
+    """The full training state of a Ray checkpoint (see ``report_checkpoint``), or None without one."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return torch.load(Path(directory) / CHECKPOINT_STATE, map_location="cpu", weights_only=True)
+
+
 def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSession | None = None) -> None:
     """Runs on every Ray Train worker (``session`` None: a ``WorkerSession``), or in a Tune trial's process
     (``TrialSession``). ``loop_config``: the resolved config dict, the manifest, the MLflow run."""
     import ray
 
-    from pipeline.tracking import RunLogger
+    from pipeline.tracking import RunLogger, TrackingUnavailableError
 
     config = TrainConfig.from_dict(loop_config["config"], source="train loop config")
     manifest = loop_config["manifest"]
@@ -287,35 +337,33 @@ def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSessio
     print(f"[rank {rank}/{world}] node {node} device {device}", flush=True)
 
     seed_everything(schedule.seed)
-    model = config.model.build()
-    if use_amp:
-        model = model.to(memory_format=torch.channels_last)
-        if world > 1:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay
-    )
+    model = prepare_network(config.model.build(), device.type, world)
+    state = load_checkpoint_state(session.checkpoint())
     iteration = 0
-    checkpoint = session.checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / CHECKPOINT_STATE, map_location="cpu", weights_only=True)
+    if state:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         iteration = state["iteration"]
         if rank == 0:
             restore_rng_state(state["rng"])
         print(f"[rank {rank}] resumed from checkpoint at iteration {iteration}", flush=True)
-    if rank != 0 or not checkpoint:
+    if rank != 0 or not state:
         seed_everything(schedule.seed * 1009 + rank * 7919 + iteration)
+    # On its device (and DDP-wrapped) before the optimiser exists: a loaded optimiser state then lands beside the
+    # parameters (SGD's momentum buffers on the GPU, not on the CPU where the checkpoint was read)
     model = session.prepare_model(model)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay
+    )
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
 
     logger = None
     if rank == 0:
         logger = RunLogger(loop_config["tracking_uri"], loop_config["run_id"], loop_config["buffer_path"])
+        logger.set_tags({"dist_backend": distributed_backend(), "precision": "bf16 autocast" if use_amp else "fp32"})
 
     train_shard = session.dataset("train")
-    val_shard = session.dataset("val")
+    val_data = session.dataset("val")
     batch_size = config.per_worker_batch_size
     ignore_index = manifest["ignore_index"]
     num_classes = manifest["num_classes"]
@@ -325,8 +373,12 @@ def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSessio
     started = time.perf_counter()
     start_iteration = iteration
     model.train()
+    shuffle_buffer = max(4 * batch_size, 16)
     while iteration < schedule.iterations:
-        for batch in train_shard.iter_torch_batches(batch_size=batch_size, drop_last=True, device=device):
+        epoch_start = iteration
+        for batch in train_shard.iter_torch_batches(
+            batch_size=batch_size, drop_last=True, device=device, local_shuffle_buffer_size=shuffle_buffer
+        ):
             if iteration >= schedule.iterations:
                 break
             lr = learning_rate(iteration, schedule)
@@ -369,15 +421,20 @@ def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSessio
             examples = []
             if iteration % schedule.eval_interval == 0 or final:
                 keep = (PREDICTION_SAMPLES if final else 1) if rank == 0 else 0
-                results, examples = evaluate(model, val_shard, num_classes, ignore_index, device, use_amp, keep)
+                results, evaluated, examples = evaluate(
+                    model, val_data, num_classes, ignore_index, device, use_amp, keep, rank=rank, world=world
+                )
                 values = results.compute()
                 metrics |= {key: values[key] for key in ("mIoU", "aAcc", "mAcc", "mDice", "mBIoU")}
+                metrics["val_images"] = evaluated
                 metrics |= {f"trimap_mIoU_{width}px": value for width, value in values["trimap_mIoU"].items()}
                 if rank == 0:
                     metrics |= static_cost(unwrap(model), eval_shape(examples, config))  # searches may optimise it
                     print(f"iter {iteration}: val mIoU {values['mIoU']:.2f}  aAcc {values['aAcc']:.2f}", flush=True)
                 if final and config.data.eval_msflip:
-                    msflip, _ = evaluate(model, val_shard, num_classes, ignore_index, device, use_amp, mode="msflip")
+                    msflip, _, _ = evaluate(
+                        model, val_data, num_classes, ignore_index, device, use_amp, 0, "msflip", rank, world
+                    )
                     msflip_values = msflip.compute()
                     metrics |= {"mIoU_msflip": msflip_values["mIoU"], "aAcc_msflip": msflip_values["aAcc"]}
                     if rank == 0:
@@ -390,8 +447,16 @@ def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSessio
                 report_checkpoint(session, model, optimizer, iteration, metrics)
             elif iteration % schedule.eval_interval == 0:  # evaluations reach Tune's schedulers too
                 session.report({"iteration": iteration, **metrics})
+        if iteration == epoch_start:
+            raise ConfigError(
+                f"worker {rank}: a pass over the train split gave no full batch of {batch_size}; the split is "
+                f"smaller than schedule.batch_size={schedule.batch_size}"
+            )
     if logger:
-        logger.drain()  # the driver ends the run, after writing the finished marker
+        try:
+            logger.drain(config.run.tracking_timeout)  # the driver ends the run, after writing the finished marker
+        except TrackingUnavailableError as error:  # not a worker failure: retrying cannot help; the driver reports it
+            print(f"[rank 0] {error}", flush=True)
 
 
 def report_checkpoint(session, model, optimizer, iteration: int, metrics: dict) -> None:
@@ -421,11 +486,12 @@ def eval_shape(examples: list, config: TrainConfig) -> tuple[int, int, int, int]
 @functools.cache
 def _static_cost(network: torch.nn.Module, shape: tuple[int, int, int, int]) -> dict[str, float]:
     gmacs, params = count_macs(network, shape), count_params(network)
-    return {"gmacs_model": gmacs["model"], "gmacs_decoder": gmacs["decoder"], "params_m": params["model"]}
+    return {f"gmacs_{level}": value for level, value in gmacs.items()} | {"params_m": params["model"]}
 
 
 def static_cost(network: torch.nn.Module, shape: tuple[int, int, int, int]) -> dict[str, float]:
-    """GMACs (model, decoder) and params of ``network`` at ``shape``: shapes only, so computed once per size."""
+    """GMACs per level (``gmacs_encoder`` ... ``gmacs_model``, see ``nrd.cost``) and params of ``network`` at
+    ``shape``: shapes only, so computed once per size."""
     return dict(_static_cost(network, shape))
 
 
@@ -474,10 +540,23 @@ def resolve(config: TrainConfig) -> tuple[TrainConfig, dict]:
         raise ConfigError(
             f"model.num_classes={model.num_classes} but {config.data.dataset_dir} has {manifest['num_classes']} classes"
         )
+    if config.schedule.aux_weight == 0 and model.aux_head:
+        model = replace(model, aux_head=False)  # an unused head would leave DDP with parameters that get no gradient
+    for split in ("train", "val"):
+        shard_files(config.data.dataset_dir, manifest, split)
+    train_count = manifest["splits"]["train"]["count"]
+    if train_count < config.schedule.batch_size:
+        raise ConfigError(
+            f"{config.data.dataset_dir}: the train split has {train_count} samples, fewer than one batch "
+            f"(schedule.batch_size={config.schedule.batch_size})"
+        )
     run = config.run
     name = run.name or f"{manifest['dataset']}-{model.decoder}-{model.encoder}"
-    storage = run.storage_path if "://" in run.storage_path else str(Path(run.storage_path).resolve())
-    config = replace(config, model=model, run=replace(run, name=name, storage_path=storage))
+    data = config.data
+    if "://" not in data.dataset_dir:  # workers on other nodes or in other folders must find it too
+        data = replace(data, dataset_dir=str(Path(data.dataset_dir).resolve()))
+    storage = str(Path(run.storage_path).resolve())
+    config = replace(config, model=model, data=data, run=replace(run, name=name, storage_path=storage))
     with torch.device("meta"):
         config.model.build()  # unknown names, invalid hyperparameters: before any worker starts
     return config, manifest
@@ -544,6 +623,31 @@ def start_tracking(
     record = {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id}
     tracking.save_run_record(record_path, record)
     return record
+
+
+def end_tracking(driver_logger, worker_buffer: Path, config: TrainConfig, directory: Path) -> None:
+    """Deliver what rank 0 could not (its buffer file, left when MLflow stayed away at its end), then end the run
+    as FINISHED. If MLflow stays unreachable for ``run.tracking_timeout`` seconds, raise one error naming every
+    buffer file, in the order to replay them: the training itself is done and recorded beside the checkpoints."""
+    from pipeline.tracking import RunLogger, TrackingUnavailableError
+
+    timeout = config.run.tracking_timeout
+    try:
+        if worker_buffer.exists():
+            RunLogger(driver_logger.tracking_uri, driver_logger.run_id, worker_buffer).drain(timeout)
+        driver_logger.close(status="FINISHED", timeout=timeout)
+    except TrackingUnavailableError as error:
+        if not driver_logger.buffer_path.exists():  # the end of the run must be replayed too
+            with contextlib.suppress(TrackingUnavailableError):
+                driver_logger.close(status="FINISHED", timeout=0)
+        buffers = [path for path in (worker_buffer, driver_logger.buffer_path) if path.exists()]
+        replay = "; ".join(f"nrd-bench replay {shlex.quote(str(path))}" for path in buffers)
+        raise TrackingUnavailableError(
+            f"training of {config.run.name!r} finished (results and checkpoints in {directory}), but MLflow at "
+            f"{driver_logger.tracking_uri} was still unreachable {timeout:g} s after the end of training. Nothing is "
+            f"lost: run {driver_logger.run_id}'s remaining operations are kept in {len(buffers)} file(s); when MLflow "
+            f"is reachable, run, in this order: {replay}"
+        ) from error
 
 
 def git_commit() -> str:
@@ -633,10 +737,11 @@ def train(
                 callbacks=[TuneReportCallback()] if in_tune_trial else None,
             ),
             datasets=build_datasets(config, manifest),
+            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),  # val: see build_datasets
         )
         metrics = dict(trainer.fit().metrics or {})
     write_atomic(directory / RESULT_FILE, json.dumps(metrics, indent=2, default=str))
     write_atomic(directory / FINISHED_MARKER, time.strftime("%Y-%m-%dT%H:%M:%S\n"))
-    driver_logger.close(status="FINISHED")  # last: a FINISHED run in MLflow implies the marker exists
+    end_tracking(driver_logger, Path(buffer_path), config, directory)  # last: FINISHED in MLflow implies the marker
     print(f"finished {config.run.name}: {json.dumps(metrics, default=str)}", file=sys.stderr)
     return {"metrics": metrics, "run_id": record["run_id"], "directory": str(directory), "config": config.to_dict()}

@@ -205,11 +205,11 @@ def every(interval: int) -> list[int]:
     return sorted({*range(interval, ITERATIONS + 1, interval), ITERATIONS})
 
 
-def check_single_run(tracking_uri: str, expected_steps: dict[str, list[int]]) -> Run:
+def check_single_run(tracking_uri: str, expected_steps: dict[str, list[int]], experiment: str = EXPERIMENT) -> Run:
     """The experiment holds exactly one FINISHED run; no metric has a step twice; the keys in ``expected_steps``
     have exactly those steps. Returns the run."""
     client = MlflowClient(tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert len(runs) == 1, [run.info.run_name for run in runs]
     run = runs[0]
     assert run.info.status == "FINISHED"
@@ -335,3 +335,43 @@ def test_mlflow_server_outage_loses_no_metric(shards, tmp_path, ray_env, drivers
     run = check_single_run(mlflow_server.uri, {"loss": every(LOG_INTERVAL), "mIoU": every(eval_interval)})
     assert run.info.run_id == run_id
     assert not buffer.exists()
+
+
+def test_mlflow_server_that_never_returns_ends_with_the_files_to_replay(
+    shards, tmp_path, ray_env, drivers, mlflow_server
+):
+    """The run trains to the end, then fails with a clean error (exit 2, no traceback) naming the buffer files in
+    the order to replay them; once MLflow is back, replaying them gives the complete FINISHED run."""
+    args = train_args(
+        shards, tmp_path, "gone", "--cpus-per-worker", "1", "--tracking-uri", mlflow_server.uri,
+        "--tracking-timeout", "3", "--experiment", "never-returns",
+    )  # fmt: skip
+    driver = TrainProcess(args, ray_env, tmp_path / "driver.log")
+    drivers.append(driver)
+    run_dir = tmp_path / "results" / "gone"
+    record = run_dir / "mlflow_run.json"
+    run_id = driver.wait_until(lambda: record.is_file() and json.loads(record.read_text())["run_id"], "the MLflow run")
+    client = MlflowClient(mlflow_server.uri)
+    driver.wait_until(lambda: client.get_metric_history(run_id, "loss"), "a loss value in MLflow")
+    mlflow_server.stop()
+    try:
+        driver.process.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        driver.fail(f"the driver was still running {TIMEOUT} s after MLflow went away")
+    driver.reader.join(timeout=10)
+    if driver.process.returncode != 2:
+        driver.fail(f"the driver exited with code {driver.process.returncode}, expected 2 (a named error)")
+    assert (run_dir / "FINISHED").is_file() and not driver.matches("Traceback")
+    message = driver.matches(r"nrd-bench train: error: (.*)")[0][1]
+    worker_buffer, driver_buffer = run_dir / "mlflow-buffer.jsonl", run_dir / "mlflow-driver-buffer.jsonl"
+    replays = re.findall(r"nrd-bench replay ([^\s;]+)", message)
+    assert replays == [str(worker_buffer), str(driver_buffer)], message
+
+    mlflow_server.start()
+    assert client.get_run(run_id).info.status == "RUNNING"  # the end of the run is in the driver's buffer
+    for path in replays:
+        subprocess.run([sys.executable, "-m", "pipeline.cli", "replay", path], cwd=REPO, check=True, timeout=120)
+    run = check_single_run(mlflow_server.uri, {"loss": every(LOG_INTERVAL), "mIoU": [ITERATIONS]}, "never-returns")
+    assert run.info.run_id == run_id
+    artifacts = {artifact.path for artifact in client.list_artifacts(run_id)}
+    assert {"config.yaml", "per_class_iou.csv", "predictions", "weights"} <= artifacts

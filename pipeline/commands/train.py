@@ -35,6 +35,7 @@ FLAG_KEYS = {
     "max_failures": ("run", "max_failures"),
     "tracking_uri": ("run", "tracking_uri"),
     "experiment": ("run", "experiment"),
+    "tracking_timeout": ("run", "tracking_timeout"),
 }
 
 
@@ -83,11 +84,18 @@ def register(subparsers) -> None:
     group.add_argument("--gpus-per-worker", type=float, help="0 (default) trains on CPU with gloo")
     group.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (default 1)")
     group = parser.add_argument_group("run")
-    group.add_argument("--storage-path", help="where checkpoints and results go (default ./results)")
+    group.add_argument(
+        "--storage-path", help="folder for checkpoints and results (default ./results); on a cluster, a shared one"
+    )
     group.add_argument("--name", help="run name (default: DATASET-DECODER-ENCODER); the same name resumes")
     group.add_argument("--max-failures", type=int, help="worker/node failures to recover from (-1: no limit)")
     group.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite)")
     group.add_argument("--experiment", help="MLflow experiment (default nrd-bench)")
+    group.add_argument(
+        "--tracking-timeout", type=float, metavar="SECONDS",
+        help="at the end, how long to wait for an unreachable MLflow before failing with the buffer files to replay "
+        "(default 300)",
+    )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.set_defaults(handler=run)
 

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dataset-dir", help="prepared shards (overrides data.dataset_dir of the space)")
     parser.add_argument("--name", help="sweep name (default: the space file's name)")
     parser.add_argument("--resume", action="store_true", help="continue the sweep --name; fail if it does not exist")
-    parser.add_argument("--storage-path", help="where sweeps go (default ./results)")
+    parser.add_argument("--storage-path", help="folder where sweeps go (default ./results); on a cluster, a shared one")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite)")
     parser.add_argument("--experiment", help="MLflow experiment (default nrd-bench)")
     parser.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
