@@ -63,11 +63,13 @@ class ScheduleSettings:
 
 @dataclass(frozen=True)
 class ScalingSettings:
-    """Ray Train workers. On CPU a worker takes ``cpus_per_worker`` (fractional leaves room for Ray Data)."""
+    """Ray Train workers. On CPU a worker takes ``cpus_per_worker`` (fractional leaves room for Ray Data).
+    ``gpu_wait``: seconds a cluster that lacks the GPUs is given to scale up before the run is refused."""
 
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
+    gpu_wait: float = 600.0
 
     @property
     def use_gpu(self) -> bool:
@@ -154,6 +156,7 @@ class TrainConfig:
         _require(scaling.workers >= 1, source, "scaling.workers", scaling.workers, ">= 1")
         _require(scaling.cpus_per_worker > 0, source, "scaling.cpus_per_worker", scaling.cpus_per_worker, "> 0")
         _require(scaling.gpus_per_worker >= 0, source, "scaling.gpus_per_worker", scaling.gpus_per_worker, ">= 0")
+        _require(scaling.gpu_wait >= 0, source, "scaling.gpu_wait", scaling.gpu_wait, ">= 0")
         if schedule.batch_size % scaling.workers:
             raise ConfigError(
                 f"{source}: schedule.batch_size={schedule.batch_size} is not divisible by scaling.workers="

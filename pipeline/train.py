@@ -562,34 +562,57 @@ def resolve(config: TrainConfig) -> tuple[TrainConfig, dict]:
     return config, manifest
 
 
-def start_ray(address: str | None) -> None:
+def start_ray(address: str | None) -> bool:
     """Connect to the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray bound to 127.0.0.1 (no
-    usage stats); nothing when this process is already connected (e.g. inside a Tune trial)."""
+    usage stats); nothing when this process is already connected (e.g. inside a Tune trial, which holds its
+    resources). True when it connected to a cluster by address (which may autoscale), else False."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address or os.environ.get("RAY_ADDRESS"):  # e.g. a job submitted to a cluster has RAY_ADDRESS set
         ray.init(address=address, log_to_driver=True)
+        return True
     else:
         # Workers of a local Ray inherit this: Train V2 patches print to also log, so every line showed twice.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         # The dashboard (bound to 127.0.0.1) stays on: Ray Train's placement-group cleaner reads it, and without
         # it a trial stopped by ASHA leaks its workers' reservation and later trials wait forever.
         ray.init(_node_ip_address="127.0.0.1", log_to_driver=True)
+        return False
 
 
-def check_cluster(config: TrainConfig) -> None:
+def check_cluster(config: TrainConfig, can_grow: bool = False, poll_interval: float = 5.0) -> None:
+    """Refuse a run that asks for more GPUs than the cluster has, before any worker starts. A cluster that may
+    autoscale (``can_grow``: one we connected to by address) is first asked for the workers' bundles (Ray's
+    ``request_resources``) and given ``scaling.gpu_wait`` seconds to bring the GPU nodes up."""
     import ray
 
-    needed = config.scaling.workers * config.scaling.gpus_per_worker
+    scaling = config.scaling
+    needed = scaling.workers * scaling.gpus_per_worker
+    if needed <= ray.cluster_resources().get("GPU", 0):
+        return
+    if can_grow and scaling.gpu_wait > 0:
+        from ray.autoscaler.sdk import request_resources
+
+        bundle = {"CPU": scaling.cpus_per_worker, "GPU": scaling.gpus_per_worker}
+        request_resources(bundles=[bundle] * scaling.workers)
+        print(f"waiting up to {scaling.gpu_wait:g} s for the cluster to scale up to {needed:g} GPUs", file=sys.stderr)
+        deadline = time.monotonic() + scaling.gpu_wait
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(min(poll_interval, max(0.0, deadline - time.monotonic())))
+                if needed <= ray.cluster_resources().get("GPU", 0):
+                    return
+        finally:
+            request_resources(bundles=[])  # the trainer's own placement group keeps the nodes from now on
     available = ray.cluster_resources().get("GPU", 0)
-    if needed > available:
-        raise ConfigError(
-            f"scaling asks for {needed:g} GPUs ({config.scaling.workers} workers x {config.scaling.gpus_per_worker:g}) "
-            f"but the Ray cluster has {available:g}"
-        )
+    waited = f" after waiting {scaling.gpu_wait:g} s (scaling.gpu_wait) for the autoscaler" if can_grow else ""
+    raise ConfigError(
+        f"scaling asks for {needed:g} GPUs ({scaling.workers} workers x {scaling.gpus_per_worker:g}) but the Ray "
+        f"cluster has {available:g}{waited}"
+    )
 
 
 def start_tracking(
@@ -693,8 +716,7 @@ def train(
         raise ConfigError(
             f"run {config.run.name!r} in {config.run.storage_path} already finished; pass another --name for a new run"
         )
-    start_ray(address)
-    check_cluster(config)
+    check_cluster(config, can_grow=start_ray(address))
     record = start_tracking(config, manifest, directory, parent_run_id, extra_tags)
     buffer_path = str(directory / "mlflow-buffer.jsonl")  # rank 0's; the driver keeps its own beside it
     driver_logger = RunLogger(record["tracking_uri"], record["run_id"], str(directory / "mlflow-driver-buffer.jsonl"))

@@ -30,6 +30,7 @@ FLAG_KEYS = {
     "workers": ("scaling", "workers"),
     "gpus_per_worker": ("scaling", "gpus_per_worker"),
     "cpus_per_worker": ("scaling", "cpus_per_worker"),
+    "gpu_wait": ("scaling", "gpu_wait"),
     "storage_path": ("run", "storage_path"),
     "name": ("run", "name"),
     "max_failures": ("run", "max_failures"),
@@ -83,6 +84,10 @@ def register(subparsers) -> None:
     group.add_argument("--workers", type=int, help="Ray Train workers (default 1)")
     group.add_argument("--gpus-per-worker", type=float, help="0 (default) trains on CPU with gloo")
     group.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (default 1)")
+    group.add_argument(
+        "--gpu-wait", type=float, metavar="SECONDS",
+        help="on a cluster that lacks the GPUs, how long to let the autoscaler add them before refusing (default 600)",
+    )  # fmt: skip
     group = parser.add_argument_group("run")
     group.add_argument(
         "--storage-path", help="folder for checkpoints and results (default ./results); on a cluster, a shared one"
