@@ -593,7 +593,8 @@ def check_cluster(config: TrainConfig, can_grow: bool = False, poll_interval: fl
     needed = scaling.workers * scaling.gpus_per_worker
     if needed <= ray.cluster_resources().get("GPU", 0):
         return
-    if can_grow and scaling.gpu_wait > 0:
+    waits = can_grow and scaling.gpu_wait > 0
+    if waits:
         from ray.autoscaler.sdk import request_resources
 
         bundle = {"CPU": scaling.cpus_per_worker, "GPU": scaling.gpus_per_worker}
@@ -608,7 +609,7 @@ def check_cluster(config: TrainConfig, can_grow: bool = False, poll_interval: fl
         finally:
             request_resources(bundles=[])  # the trainer's own placement group keeps the nodes from now on
     available = ray.cluster_resources().get("GPU", 0)
-    waited = f" after waiting {scaling.gpu_wait:g} s (scaling.gpu_wait) for the autoscaler" if can_grow else ""
+    waited = f" after waiting {scaling.gpu_wait:g} s (scaling.gpu_wait) for the autoscaler" if waits else ""
     raise ConfigError(
         f"scaling asks for {needed:g} GPUs ({scaling.workers} workers x {scaling.gpus_per_worker:g}) but the Ray "
         f"cluster has {available:g}{waited}"

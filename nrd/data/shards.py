@@ -328,23 +328,20 @@ def read_manifest(root: str | Path) -> dict:
     """The manifest of a prepared folder, a local path or a URI pyarrow reads (``s3://``, ``gs://``, ``file://``,
     ...); ``NotPreparedError`` when it is missing, unreadable, of another format version, or from a run that did not
     finish."""
-    missing = f"not a prepared dataset (no {MANIFEST}); run `nrd-bench prepare --dataset NAME --root DATA --out {root}`"
-    if "://" in str(root):
-        path = f"{str(root).rstrip('/')}/{MANIFEST}"
-        try:
-            text = read_uri(path)
-        except FileNotFoundError:
-            raise NotPreparedError(root, missing) from None
-        except (OSError, ValueError) as error:  # pyarrow: unknown scheme, no credentials, unreachable...
-            raise NotPreparedError(path, f"cannot read the manifest ({error})") from error
-    else:
-        path = Path(root) / MANIFEST
-        if not path.is_file():
-            raise NotPreparedError(root, missing)
-        text = None
+    remote = "://" in str(root)
+    path = f"{str(root).rstrip('/')}/{MANIFEST}" if remote else Path(root) / MANIFEST
     try:
-        manifest = json.loads(path.read_text() if text is None else text)
-    except (OSError, ValueError) as error:
+        text = read_uri(path) if remote else path.read_text()
+    except FileNotFoundError:
+        raise NotPreparedError(
+            root,
+            f"not a prepared dataset (no {MANIFEST}); run `nrd-bench prepare --dataset NAME --root DATA --out {root}`",
+        ) from None
+    except (OSError, ValueError) as error:  # also pyarrow's: unknown scheme, no credentials, unreachable...
+        raise NotPreparedError(path, f"cannot read the manifest ({error})") from error
+    try:
+        manifest = json.loads(text)
+    except ValueError as error:
         raise NotPreparedError(path, f"unreadable manifest ({error}); rerun `nrd-bench prepare`") from error
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
