@@ -13,9 +13,10 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from pipeline.convergence import CurveBand
 from pipeline.files import write_atomic
 from pipeline.pareto import pareto_front
-from pipeline.uncertainty import CurveBand, Estimate
+from pipeline.uncertainty import Estimate
 
 
 def _save(figure: Figure, path: Path) -> None:

@@ -1,6 +1,6 @@
-"""pipeline.uncertainty: the bootstrap against exact enumeration of every resample of tiny evaluations, front
-probability on clear cases, paired comparisons, latency intervals, Kendall's tau-b and the convergence flags by
-hand. Pure NumPy: no Ray, no MLflow."""
+"""pipeline.uncertainty and pipeline.convergence: the bootstrap against exact enumeration of every resample of tiny
+evaluations, front probability on clear cases, paired comparisons, latency intervals, Kendall's tau-b and the
+convergence flags by hand. Pure NumPy: no Ray, no MLflow."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from nrd.errors import UnknownNameError
 from nrd.evidence import ImageCounts
 from nrd.metrics import scores_from_counts
+from pipeline.convergence import CurveInputError, curve_band, kendall_tau_b, ranking_change, rising_at_end
 from pipeline.uncertainty import (
     EXACT,
     IMAGES_ONLY,
@@ -24,13 +25,9 @@ from pipeline.uncertainty import (
     UncertaintyInputError,
     bootstrap,
     compare,
-    curve_band,
     exact,
     front_probability,
-    kendall_tau_b,
     latency_interval,
-    ranking_change,
-    rising_at_end,
 )
 
 IDS = ("img0", "img1", "img2")
@@ -233,6 +230,8 @@ def test_rising_and_flat_curves():
     assert rising_at_end([100, 200, 300], [20, 20.04, 20.08], threshold=0.5).rising is False  # 0.4 per 1k
     assert rising_at_end([1000], [30.0]).rising is None
     assert rising_at_end([1000, 2000], [30.0, 31.0], window=5).points == 2
+    with pytest.raises(CurveInputError, match=r"\(2,\) iterations but \(1,\) values"):
+        rising_at_end([1000, 2000], [30.0])
 
 
 def test_curve_band_over_seeds():
