@@ -18,8 +18,11 @@ Resampling scheme of ``bootstrap`` (a percentile bootstrap, ``RESAMPLES`` replic
 - With one seed only images are resampled (``scheme`` says so): the interval then covers which images were
   validated on, not training noise. Without per-image counts there is no interval (``Estimate.has_interval`` is
   False and ``note`` says why); the value is the mean of the logged metric over the repeats when given.
-- Seeds and images are crossed factors (every seed sees every image); resampling both independently counts their
-  interaction in both levels, so the interval is slightly conservative (too wide) rather than too narrow.
+- How often the 95% interval holds the truth, measured by simulation (``benchmarks/bootstrap_coverage.py``, 100
+  images, 400 trials): 94.5% with no seed effect; with one seed a seed effect is invisible (78% and 54% coverage for
+  a seed-to-seed sd of 1.5 and 3.7 mIoU); 3 seeds: 94% and 87%; 5 seeds: 92% (sd 3.7). A bootstrap of S seeds
+  underestimates their spread (variance factor (S - 1) / S, no heavy tails): with few seeds and large seed noise
+  the interval is too narrow, which ``docs/uncertainty.md`` tells the reader.
 """
 
 from __future__ import annotations
