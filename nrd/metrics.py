@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -112,6 +113,26 @@ def _iou(confusion: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, tp / union, torch.nan)
 
 
+def _check_maps(pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    for which, x in (("prediction", pred), ("label", label)):
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool or x.dim() not in (2, 3):
+            expected = "(H, W) or (B, H, W) integer class indices"
+            raise MetricInputError(which, f"got a {x.dim()}-d {x.dtype} tensor; expected {expected}")
+    if pred.shape != label.shape:
+        raise MetricInputError("prediction", f"shape {tuple(pred.shape)} differs from label {tuple(label.shape)}")
+    k = num_classes
+    bad = (pred < 0) | (pred >= k)
+    if bad.any():
+        values = pred[bad].unique()[:10].tolist()
+        raise MetricInputError("prediction", f"values {values} outside the class range [0, {k})")
+    bad = ((label < 0) | (label >= k)) & (label != ignore_index)
+    if bad.any():
+        values = label[bad].unique()[:10].tolist()
+        raise MetricInputError(
+            "label", f"values {values} are neither a class in [0, {k}) nor ignore_index {ignore_index}"
+        )
+
+
 class SegmentationMetrics:
     """Accumulator of segmentation metrics over a whole data set; all results are in percent.
 
@@ -180,23 +201,7 @@ class SegmentationMetrics:
         }
 
     def _check(self, pred: torch.Tensor, label: torch.Tensor) -> None:
-        for which, x in (("prediction", pred), ("label", label)):
-            if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool or x.dim() not in (2, 3):
-                expected = "(H, W) or (B, H, W) integer class indices"
-                raise MetricInputError(which, f"got a {x.dim()}-d {x.dtype} tensor; expected {expected}")
-        if pred.shape != label.shape:
-            raise MetricInputError("prediction", f"shape {tuple(pred.shape)} differs from label {tuple(label.shape)}")
-        k = self.num_classes
-        bad = (pred < 0) | (pred >= k)
-        if bad.any():
-            values = pred[bad].unique()[:10].tolist()
-            raise MetricInputError("prediction", f"values {values} outside the class range [0, {k})")
-        bad = ((label < 0) | (label >= k)) & (label != self.ignore_index)
-        if bad.any():
-            values = label[bad].unique()[:10].tolist()
-            raise MetricInputError(
-                "label", f"values {values} are neither a class in [0, {k}) nor ignore_index {self.ignore_index}"
-            )
+        _check_maps(pred, label, self.num_classes, self.ignore_index)
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
@@ -262,21 +267,13 @@ class SegmentationMetrics:
 
     def compute(self) -> dict:
         """The metrics in percent (see the class docstring); NaN where undefined. ``to_json`` makes it JSON-safe."""
-        confusion = self.confusion.cpu().double()
-        tp = confusion.diagonal()
-        gt = confusion.sum(1)
-        predicted = confusion.sum(0)
-        iou = _iou(confusion)
-        acc = torch.where(gt > 0, tp / gt, torch.nan)
-        dice = torch.where(gt + predicted > 0, 2 * tp / (gt + predicted), torch.nan)
-        total = confusion.sum().item()
+        # aAcc, mIoU, mAcc, mDice through scores_from_counts: the same formulas as metrics recomputed from
+        # per-image counts, so that summed per-image counts give these numbers bit for bit.
+        scores = scores_from_counts(counts_from_confusion(self.confusion))
         result = {
-            "aAcc": 100.0 * tp.sum().item() / total if total else math.nan,
-            "mIoU": _percent_mean(iou),
-            "mAcc": _percent_mean(acc),
-            "mDice": _percent_mean(dice),
-            "per_class_iou": (100.0 * iou).tolist(),
-            "per_class_acc": (100.0 * acc).tolist(),
+            **{name: float(scores[name]) for name in ("aAcc", "mIoU", "mAcc", "mDice")},
+            "per_class_iou": scores["per_class_iou"].tolist(),
+            "per_class_acc": scores["per_class_acc"].tolist(),
             "trimap_mIoU": {
                 width: _percent_mean(_iou(matrix))
                 for width, matrix in zip(self.trimap_widths, self.trimap_confusion.cpu(), strict=True)
@@ -300,3 +297,72 @@ def to_json(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [to_json(item) for item in value]
     return value
+
+
+# ------------------------------------------------------------------------------------------- per-image evidence
+COUNT_FIELDS = ("tp", "fp", "fn")  # the last axis of per-image counts
+
+
+@torch.no_grad()
+def per_image_counts(
+    pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Per-image, per-class counts of (H, W) or (B, H, W) integer maps, int64 (B, K, 3) on the inputs' device: the
+    last axis is ``COUNT_FIELDS`` = (TP, FP, FN) of each class c among the image's counted pixels (label !=
+    ignore_index): TP = label c predicted c, FP = predicted c labelled otherwise, FN = labelled c predicted
+    otherwise. These are the rows and columns of the image's own confusion matrix, so summed over the images they
+    equal ``counts_from_confusion`` of ``SegmentationMetrics.confusion``, and ``scores_from_counts`` of the sum
+    gives ``compute()``'s aAcc, mIoU, mAcc and mDice exactly (counted pixels = sum of TP + FN over classes)."""
+    _check_maps(pred, label, num_classes, ignore_index)
+    if pred.dim() == 2:
+        pred, label = pred.unsqueeze(0), label.unsqueeze(0)
+    pred, label = pred.long(), label.to(device=pred.device, dtype=torch.long)
+    k, images = num_classes, pred.size(0)
+    cell = torch.where(label != ignore_index, label * k + pred, k * k)  # k * k = not counted
+    cell = cell + torch.arange(images, device=pred.device).view(-1, 1, 1) * (k * k + 1)
+    confusion = torch.bincount(cell.flatten(), minlength=images * (k * k + 1))
+    confusion = confusion.view(images, k * k + 1)[:, : k * k].view(images, k, k)  # [image, label, pred]
+    tp = confusion.diagonal(dim1=1, dim2=2)
+    return torch.stack([tp, confusion.sum(1) - tp, confusion.sum(2) - tp], dim=-1)
+
+
+def counts_from_confusion(confusion: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(K, 3) int64 (TP, FP, FN) per class of a (K, K) confusion[label, pred] matrix."""
+    confusion = np.asarray(confusion.cpu() if isinstance(confusion, torch.Tensor) else confusion, dtype=np.int64)
+    tp = np.diagonal(confusion)
+    return np.stack([tp, confusion.sum(0) - tp, confusion.sum(1) - tp], axis=-1)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, NaN where the denominator is 0 (no warning)."""
+    out = np.full(np.broadcast(numerator, denominator).shape, np.nan)
+    return np.divide(numerator, denominator, out=out, where=denominator > 0)
+
+
+def _class_mean(values: np.ndarray) -> np.ndarray:
+    """Mean over the last (class) axis leaving NaN out; NaN where every class is NaN (no warning)."""
+    defined = ~np.isnan(values)
+    return _ratio(np.where(defined, values, 0.0).sum(-1), defined.sum(-1))
+
+
+def scores_from_counts(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """The confusion-matrix metrics of summed counts (..., K, 3) = (TP, FP, FN) per class, in percent, vectorised
+    over the leading axes (e.g. bootstrap replicates x seeds): ``aAcc``, ``mIoU``, ``mAcc``, ``mDice`` of shape
+    (...) and ``per_class_iou``, ``per_class_acc``, ``per_class_dice`` of shape (..., K), with the rules of
+    ``SegmentationMetrics`` (which computes its own through this function): IoU and Dice are NaN for a class
+    with TP + FP + FN = 0, Acc for a class with TP + FN = 0, and the means leave NaN classes out. ``counts`` must
+    be the dataset-level sum: a metric is never a mean of per-image scores."""
+    counts = np.asarray(counts, dtype=np.float64)  # exact for counts below 2**53
+    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
+    iou = _ratio(tp, tp + fp + fn)
+    acc = _ratio(tp, tp + fn)
+    dice = _ratio(2 * tp, 2 * tp + fp + fn)
+    return {
+        "aAcc": 100.0 * _ratio(tp.sum(-1), (tp + fn).sum(-1)),
+        "mIoU": 100.0 * _class_mean(iou),
+        "mAcc": 100.0 * _class_mean(acc),
+        "mDice": 100.0 * _class_mean(dice),
+        "per_class_iou": 100.0 * iou,
+        "per_class_acc": 100.0 * acc,
+        "per_class_dice": 100.0 * dice,
+    }
