@@ -1,13 +1,18 @@
-"""Data throughput benchmark: decode + augment, images/s in one process, at 512x1024 training crops.
+"""Data throughput benchmark: decode + augment, images/s in one process, per data source.
 
-For each source (real CamVid frames from ``../shared/data/camvid`` when present, and the synthetic generator), the
-samples are first prepared into Parquet shards exactly as ``nrd-bench prepare`` does (not timed), then read back
-through ``ShardDataset`` and timed over the same samples in three stages, each the median of ``TIMED_PASSES`` passes:
+For each source (real CamVid, IDD-Lite and SIFT Flow images from ``../shared/data`` when present, and the synthetic
+generator), the samples are first prepared into Parquet shards exactly as ``nrd-bench prepare`` does (not timed),
+then read back through ``ShardDataset`` and timed over the same samples in three stages, each the median of
+``TIMED_PASSES`` passes:
 
 - ``decode``: Parquet row → decoded image (H, W, 3) and label (H, W);
-- ``augment``: the training transform alone on pre-decoded arrays (rescale 0.5-2.0 of (2048, 1024), 512x1024 crop
+- ``augment``: the training transform alone on pre-decoded arrays (random rescale 0.5-2.0 of a base scale, crop
   with cat_max_ratio 0.75, flip, photometric distortion, normalisation);
 - ``decode+augment``: both, what one data-loading process delivers.
+
+CamVid and synthetic data use the Cityscapes recipe's sizes (base scale (2048, 1024), 512x1024 crops); IDD-Lite and
+SIFT Flow, small images, use their training presets (``TRAIN_PRESETS``: 224x320 and 256x256 crops at native scale),
+what ``nrd-bench train`` applies to them. The ``crop`` and ``base_scale`` columns say which.
 
 Writes ``data_throughput.csv`` and ``data_throughput.json`` (resolved settings beside the figures) to ``--out-dir``.
 Run: ``python benchmarks/data_throughput.py [--samples 48] [--threads 1]``.
@@ -30,10 +35,16 @@ from pathlib import Path
 import torch
 
 from nrd.data import ShardDataset, create_dataset, prepare_shards
-from nrd.data.transforms import TrainTransform, TrainTransformConfig, sample_rng
+from nrd.data.transforms import TRAIN_PRESETS, TrainTransform, TrainTransformConfig, sample_rng
 
-SHARED_CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CROP = TrainTransformConfig(base_scale=(2048, 1024), crop_size=(512, 1024))
+# real sources: name → (folder under SHARED_DATA, training transform)
+REAL_SOURCES = {
+    "camvid": ("camvid", CROP),
+    "idd_lite": ("idd_lite/idd20k_lite", TRAIN_PRESETS["idd_lite"]),
+    "siftflow": ("siftflow", TRAIN_PRESETS["siftflow"]),
+}
 TIMED_PASSES = 3
 
 
@@ -48,11 +59,11 @@ def images_per_second(count: int, fn) -> tuple[float, float]:
     return count / seconds, seconds
 
 
-def measure(name: str, prepared: Path, samples: int, seed: int) -> dict:
+def measure(name: str, prepared: Path, samples: int, seed: int, config: TrainTransformConfig) -> dict:
     raw = ShardDataset(prepared, "train", decode=False)
     decoded = ShardDataset(prepared, "train")
     count = min(samples, len(decoded))
-    transform = TrainTransform(CROP)
+    transform = TrainTransform(config)
     arrays = [decoded[i] for i in range(count)]  # also warms the file cache and the transform's code paths
     transform(arrays[0]["image"], arrays[0]["label"], sample_rng(seed, 1, 0))
 
@@ -75,7 +86,8 @@ def measure(name: str, prepared: Path, samples: int, seed: int) -> dict:
         "samples": count,
         "source_size": f"{first[0]}x{first[1]}",
         "encoded_mib": round(sum(len(raw[i]["image"]) + len(raw[i]["label"]) for i in range(count)) / 2**20, 2),
-        "crop": "x".join(map(str, CROP.crop_size)),
+        "crop": "x".join(map(str, config.crop_size)),
+        "base_scale": "x".join(map(str, config.base_scale)),
     }
     for label, fn in (("decode", decode), ("augment", augment), ("decode_augment", decode_augment)):
         rate, seconds = images_per_second(count, fn)
@@ -102,21 +114,22 @@ def main(argv=None) -> int:
     synthetic_size = tuple(int(v) for v in args.synthetic_size.lower().split("x"))
 
     sources = []
-    if SHARED_CAMVID.is_dir():
-        sources.append(("camvid", create_dataset("camvid", SHARED_CAMVID)))
-    else:
-        print(f"CamVid not found at {SHARED_CAMVID}: measuring synthetic data only", file=sys.stderr)
+    for name, (folder, transform) in REAL_SOURCES.items():
+        if (SHARED_DATA / folder).is_dir():
+            sources.append((name, create_dataset(name, SHARED_DATA / folder), transform))
+        else:
+            print(f"{name} not found at {SHARED_DATA / folder}: not measured", file=sys.stderr)
     synthetic = create_dataset(
         "synthetic", num_samples={"train": args.samples}, size=synthetic_size, seed=args.seed, num_classes=6
     )
-    sources.append(("synthetic", synthetic))
+    sources.append(("synthetic", synthetic, CROP))
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="nrd-throughput-") as scratch:
-        for name, dataset in sources:
+        for name, dataset, transform in sources:
             prepared = Path(scratch) / name
             prepare_shards(dataset, prepared, splits=("train",), limit=args.samples, progress=False)
-            rows.append(measure(name, prepared, args.samples, args.seed))
+            rows.append(measure(name, prepared, args.samples, args.seed, transform))
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / "data_throughput"
@@ -126,7 +139,7 @@ def main(argv=None) -> int:
         writer.writerows(rows)
     os.replace(f"{stem}.csv.tmp", f"{stem}.csv")
     config = {
-        "transform": dataclasses.asdict(CROP),
+        "transforms": {name: dataclasses.asdict(transform) for name, _, transform in sources},
         "samples": args.samples,
         "threads": args.threads,
         "synthetic_size": list(synthetic_size),
@@ -141,11 +154,11 @@ def main(argv=None) -> int:
         json.dump({"config": config, "results": rows}, handle, indent=2)
     os.replace(f"{stem}.json.tmp", f"{stem}.json")
 
-    print(f"\nDecode + augment throughput, one process, {args.threads} torch thread(s), crops {rows[0]['crop']}:")
-    print(f"{'source':<10}{'size':>11}{'decode/s':>11}{'augment/s':>11}{'decode+augment/s':>18}")
+    print(f"\nDecode + augment throughput, one process, {args.threads} torch thread(s):")
+    print(f"{'source':<10}{'size':>11}{'crop':>10}{'decode/s':>11}{'augment/s':>11}{'decode+augment/s':>18}")
     for row in rows:
         print(
-            f"{row['source']:<10}{row['source_size']:>11}{row['decode_images_per_s']:>11.1f}"
+            f"{row['source']:<10}{row['source_size']:>11}{row['crop']:>10}{row['decode_images_per_s']:>11.1f}"
             f"{row['augment_images_per_s']:>11.1f}{row['decode_augment_images_per_s']:>18.1f}"
         )
     print(f"\nwrote {stem}.csv and {stem}.json")

@@ -20,8 +20,10 @@ from nrd.data.base import (
 )
 from nrd.data.camvid import CamVidDataset
 from nrd.data.cityscapes import CityscapesDataset
+from nrd.data.idd_lite import IDDLiteDataset
 from nrd.data.pascal_context import PascalContext59Dataset, PascalContextDataset
 from nrd.data.shards import NotPreparedError, ShardChecksumError, ShardDataset, prepare_shards, read_manifest
+from nrd.data.siftflow import SiftFlowDataset
 from nrd.data.synthetic import SyntheticDataset
 from nrd.errors import UnknownNameError
 
@@ -31,6 +33,8 @@ DATASETS: dict[str, type[SegmentationDataset]] = {
     "pascal_context": PascalContextDataset,
     "pascal_context59": PascalContext59Dataset,
     "camvid": CamVidDataset,
+    "idd_lite": IDDLiteDataset,
+    "siftflow": SiftFlowDataset,
     "synthetic": SyntheticDataset,
 }
 
@@ -57,6 +61,7 @@ __all__ = [
     "CorruptImageError",
     "DataError",
     "DatasetInfo",
+    "IDDLiteDataset",
     "LabelValueError",
     "MissingPairError",
     "NotPreparedError",
@@ -67,6 +72,7 @@ __all__ = [
     "SegmentationDataset",
     "ShardChecksumError",
     "ShardDataset",
+    "SiftFlowDataset",
     "SizeMismatchError",
     "SyntheticDataset",
     "create_dataset",

@@ -114,11 +114,13 @@ def encode_png(array: np.ndarray) -> bytes:
 
 
 class SegmentationDataset:
-    """Base of the readers. Subclasses set ``info`` and ``splits`` and implement ``list_samples`` and
-    ``read_sample``; ``root`` is the folder of the dataset's official layout (unused by generated data)."""
+    """Base of the readers. Subclasses set ``info`` and ``splits`` (and ``unlabelled_splits``, the splits without
+    labels) and implement ``list_samples`` and ``read_sample``; ``root`` is the folder of the dataset's official
+    layout (unused by generated data)."""
 
     info: DatasetInfo
     splits: tuple[str, ...] = ()
+    unlabelled_splits: tuple[str, ...] = ()  # listed with images only (label_path None): not for prepare_shards
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else None

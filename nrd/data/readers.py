@@ -116,17 +116,24 @@ class FilePairDataset(SegmentationDataset):
     def lut_for(self, label_path: Path) -> np.ndarray:
         return self.lut
 
+    def read_label(self, label_path: Path) -> np.ndarray:
+        """The label file's (H, W) values as stored (before the train-id table); single-channel images here,
+        overridden for other label formats."""
+        return decode_label(label_path.read_bytes(), label_path)
+
     def read_sample(self, sample: Sample) -> RawSample:
         """Read and check one pair: image decodes, label decodes, label values are in the dataset's set, sizes
         agree. Returns the image file's bytes and the label in train ids."""
         image_path, label_path = sample.image_path, sample.label_path
+        if label_path is None:
+            raise MissingPairError(image_path, f"{self.info.name} lists this image without a label (unlabelled split)")
         if not image_path.is_file():
             raise MissingPairError(image_path, f"image not found for label {label_path}")
         if not label_path.is_file():
             raise MissingPairError(label_path, f"label not found for image {image_path}")
         image_bytes = image_path.read_bytes()
         height, width = decode_image(image_bytes, image_path).shape[:2]
-        raw = decode_label(label_path.read_bytes(), label_path)
+        raw = self.read_label(label_path)
         if raw.shape != (height, width):
             raise SizeMismatchError(
                 label_path, f"label is {raw.shape[1]}x{raw.shape[0]} (WxH) but image {image_path} is {width}x{height}"

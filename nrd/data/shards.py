@@ -92,6 +92,10 @@ def prepare_shards(
         raise InvalidHyperparameterError("prepare_shards", "splits", splits, f"a non-empty list of {dataset.splits}")
     for split in splits:
         check_split(dataset, split)
+        if split in dataset.unlabelled_splits:
+            labelled = ", ".join(s for s in dataset.splits if s not in dataset.unlabelled_splits)
+            expected = f"splits with labels ({labelled}); {dataset.info.name} {split!r} has images only"
+            raise InvalidHyperparameterError("prepare_shards", "splits", list(splits), expected)
     listings = {split: dataset.list_samples(split)[:limit] for split in splits}  # fail early on a missing split
     for split, samples in listings.items():
         if not samples:

@@ -143,6 +143,10 @@ TRAIN_PRESETS: dict[str, TrainTransformConfig] = {
     # CamVid (SegNet version) frames are 480×360: base scale = native size, crop = the full native frame, so
     # ratios below 1 give padded crops (as the 480×480 crop does for small PASCAL Context images).
     "camvid": TrainTransformConfig(base_scale=(480, 360), crop_size=(360, 480)),
+    # IDD-Lite frames are 320×227 and SIFT Flow images 256×256: the same rule (base scale = native size); IDD-Lite's
+    # crop is 224×320, the largest multiple of 32 inside the frame.
+    "idd_lite": TrainTransformConfig(base_scale=(320, 227), crop_size=(224, 320)),
+    "siftflow": TrainTransformConfig(base_scale=(256, 256), crop_size=(256, 256)),
     "synthetic": TrainTransformConfig(base_scale=(128, 128), crop_size=(64, 64)),
 }
 
