@@ -125,11 +125,12 @@ def build_data(args) -> tuple[list, list, int, TrainTransformConfig, ValTransfor
         size = (32, 32) if args.quick else (128, 128)
         counts = {"train": 16, "val": 4} if args.quick else {"train": 512, "val": 128}
         dataset = SyntheticDataset(num_samples=counts, size=size, seed=0)
-        train_cfg = TrainTransformConfig(base_scale=(size[1], size[0]), crop_size=size)
+        crop = size if args.quick else (args.crop, args.crop)
+        train_cfg = TrainTransformConfig(base_scale=(size[1], size[0]), crop_size=crop)
         val_cfg = ValTransformConfig()
     else:
         dataset = CamVidDataset(args.camvid_root)
-        train_cfg = TrainTransformConfig(base_scale=(240, 180), crop_size=(128, 128))
+        train_cfg = TrainTransformConfig(base_scale=(240, 180), crop_size=(args.crop, args.crop))
         val_cfg = ValTransformConfig(test_scale=(240, 180))
     train = load_split(dataset, "train", 16 if args.quick else None)
     val = load_split(dataset, "val", args.val_images)
@@ -319,6 +320,7 @@ def parse_args(argv=None):
                         "the official 4k of 84k)")  # fmt: skip
     parser.add_argument("--eval-interval", type=int, default=None, help="default: iterations / 8")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=128, help="training crop side (a multiple of 32)")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--val-images", type=int, default=32)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
