@@ -17,6 +17,7 @@ import yaml
 
 from nrd import ModelConfig
 from nrd.errors import InvalidHyperparameterError, NRDBenchError, UnknownNameError
+from nrd.losses import LOSS_REDUCTIONS
 
 
 class ConfigError(NRDBenchError, ValueError):
@@ -43,18 +44,21 @@ class DataSettings:
 @dataclass(frozen=True)
 class ScheduleSettings:
     """The official iteration-based schedule: SGD with momentum, linear warm-up from ``warmup_ratio``·lr, then poly
-    decay with ``power`` down to ``min_lr``. ``batch_size`` is global: each of W workers takes batch_size / W."""
+    decay with ``power`` down to ``min_lr``. ``batch_size`` is global: each of W workers takes batch_size / W.
+    ``loss_reduction`` (main and auxiliary loss, ``nrd.losses``): ``official`` = mmseg's mean over all pixels with
+    ignored ones counting 0, or ``valid`` = mean over the valid pixels (PyTorch's ``CrossEntropyLoss``)."""
 
-    iterations: int = 80000
+    iterations: int = 84000  # the official schedule_80k_warmup: 84k iterations, the first 4k a linear warm-up
     batch_size: int = 16
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup_iterations: int = 0
+    warmup_iterations: int = 4000
     warmup_ratio: float = 0.01
     power: float = 0.9
     min_lr: float = 1e-4
     aux_weight: float = 0.4
+    loss_reduction: str = "official"
     log_interval: int = 10
     eval_interval: int = 8000
     checkpoint_interval: int = 8000
@@ -153,6 +157,8 @@ class TrainConfig:
         _require(0 < schedule.warmup_ratio <= 1, source, "schedule.warmup_ratio", schedule.warmup_ratio, "in (0, 1]")
         _require(schedule.power > 0, source, "schedule.power", schedule.power, "> 0")
         _require(schedule.aux_weight >= 0, source, "schedule.aux_weight", schedule.aux_weight, ">= 0")
+        _require(schedule.loss_reduction in LOSS_REDUCTIONS, source, "schedule.loss_reduction",
+                 schedule.loss_reduction, f"one of {', '.join(LOSS_REDUCTIONS)}")  # fmt: skip
         _require(scaling.workers >= 1, source, "scaling.workers", scaling.workers, ">= 1")
         _require(scaling.cpus_per_worker > 0, source, "scaling.cpus_per_worker", scaling.cpus_per_worker, "> 0")
         _require(scaling.gpus_per_worker >= 0, source, "scaling.gpus_per_worker", scaling.gpus_per_worker, ">= 0")

@@ -204,3 +204,14 @@ def test_dataset_dir_may_be_a_uri(tmp_path, shards, capsys):
     assert resolved["data"]["dataset_dir"] == shards.as_uri() and resolved["model"]["num_classes"] == 4
     assert main(["train", "--dataset-dir", (tmp_path / "nothing").as_uri(), "--dry-run"]) == 2
     assert "not a prepared dataset" in capsys.readouterr().err
+
+
+def test_loss_reduction_is_a_validated_schedule_setting(tmp_path, shards, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data:\n  dataset_dir: {shards}\nschedule:\n  loss_reduction: mean\n")
+    assert main(["train", "--config", str(config), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "schedule.loss_reduction='mean'" in err and "official, valid" in err
+    config.write_text(f"data:\n  dataset_dir: {shards}\n")
+    assert main(["train", "--config", str(config), "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["schedule"]["loss_reduction"] == "official"  # mmseg's, by default
