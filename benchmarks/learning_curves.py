@@ -305,6 +305,28 @@ def plot(rows: list[dict], s: Settings, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def markdown_table(csv_path: Path) -> str:
+    """mIoU per variant (rows) at each evaluated iteration (columns), one table per seed, from a results CSV."""
+    rows = list(csv.DictReader(csv_path.open()))
+    lines = []
+    for seed in sorted({int(r["seed"]) for r in rows}):
+        mine = [r for r in rows if int(r["seed"]) == seed]
+        iterations = sorted({int(r["iteration"]) for r in mine})
+        lines += [f"seed {seed}", "", "| variant | " + " | ".join(str(i) for i in iterations) + " |",
+                  "|---|" + "---:|" * len(iterations)]  # fmt: skip
+        for variant in dict.fromkeys(r["variant"] for r in mine):
+            values = {int(r["iteration"]): float(r["mIoU"]) for r in mine if r["variant"] == variant}
+            lines.append(f"| {variant} | " + " | ".join(f"{values[i]:.1f}" if i in values else "" for i in iterations)
+                         + " |")  # fmt: skip
+        shares = {(r["variant"], int(r["iteration"])): float(r["within_patch_share"]) for r in mine}
+        for variant in NRD_VARIANTS:
+            if any(v == variant for v, _ in shares):
+                cells = [f"{shares[(variant, i)]:.1e}" if (variant, i) in shares else "" for i in iterations]
+                lines.append(f"| {variant} within-patch share | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "platform": platform.platform(), "processor": platform.processor() or platform.machine()}  # fmt: skip
@@ -312,7 +334,7 @@ def versions() -> dict[str, str]:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", choices=("synthetic", "camvid"), required=True)
+    parser.add_argument("--dataset", choices=("synthetic", "camvid"), help="required unless --summarize")
     parser.add_argument("--camvid-root", type=Path, default=DEFAULT_CAMVID)
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--iterations", type=int, default=400)
@@ -333,11 +355,18 @@ def parse_args(argv=None):
     parser.add_argument("--time-limit", type=float, default=0.0, help="stop (all variants at the same iteration) "
                         "when the next evaluation round would end after this many seconds; 0: no limit")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
-    return parser.parse_args(argv)
+    parser.add_argument("--summarize", type=Path, default=None, help="print a results CSV's mIoU tables and exit")
+    args = parser.parse_args(argv)
+    if args.dataset is None and args.summarize is None:
+        parser.error("--dataset is required")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.summarize:
+        print(markdown_table(args.summarize))
+        return 0
     torch.set_num_threads(args.threads)
     if args.quick:
         args.iterations, args.batch_size, args.val_images = 2, 2, 2
