@@ -12,6 +12,10 @@ MACs come from ``torch.utils.flop_counter`` which records every conv, matmul, bm
 dynamic MLP is counted) and reports 2 FLOPs per multiply-add: MACs = counted FLOPs / 2, FLOPs = 2 × MACs. It counts
 nothing for normalisation, activations, pooling, interpolation or element-wise ops (nor conv biases). Counting runs
 on a copy of the model on the ``meta`` device: shapes only, no arithmetic, so any input size is instant.
+
+NRD's ``static_base`` (the saddle fix) costs nothing extra by these conventions, and truly: its θ_base is the
+generator conv's bias, which the official NRD already has (counted in ``params_m``); adding it to W·h is the conv's
+bias add (P additions per coarse location, no multiply), which no level counts for any decoder.
 """
 
 from __future__ import annotations

@@ -94,6 +94,11 @@ class ResNet(nn.Module):
     ``output_stride`` 32 is the plain network; 16 and 8 replace the stride of the last one or two stages with
     dilation (the "dilated encoder" baselines). For an input (B, 3, H, W) the forward returns a list of four
     tensors of shapes (B, out_channels[i], H / out_strides[i], W / out_strides[i]).
+
+    Initialisation as mmseg's ``ResNet.init_weights`` without pretrained weights: convs Kaiming-normal (fan_out,
+    ReLU), BatchNorm weight 1 and bias 0, and with ``zero_init_residual`` (mmseg's default) the last BatchNorm of
+    every residual block (``bn2`` of a BasicBlock, ``bn3`` of a Bottleneck) starts at weight 0, so that each block
+    starts as the identity. Loading weights (``load_encoder_weights``) overwrites all of it.
     """
 
     def __init__(
@@ -103,6 +108,7 @@ class ResNet(nn.Module):
         *,
         deep_stem: bool = False,
         output_stride: int = 32,
+        zero_init_residual: bool = True,
     ):
         super().__init__()
         if not isinstance(output_stride, int) or isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES:
@@ -138,7 +144,7 @@ class ResNet(nn.Module):
             out_strides.append(total_stride)
         self.out_channels: tuple[int, ...] = tuple(out_channels)
         self.out_strides: tuple[int, ...] = tuple(out_strides)
-        self._init_weights()
+        self._init_weights(zero_init_residual)
 
     @staticmethod
     def _make_stage(block, in_channels, channels, blocks, stride, dilation, previous_dilation) -> nn.Sequential:
@@ -154,13 +160,19 @@ class ResNet(nn.Module):
         stage += [block(in_channels, channels, 1, dilation) for _ in range(1, blocks)]
         return nn.Sequential(*stage)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_residual: bool) -> None:
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, Bottleneck):
+                    nn.init.zeros_(module.bn3.weight)
+                elif isinstance(module, BasicBlock):
+                    nn.init.zeros_(module.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x) if self.deep_stem else self.relu(self.bn1(self.conv1(x)))

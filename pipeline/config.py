@@ -17,6 +17,7 @@ import yaml
 
 from nrd import ModelConfig
 from nrd.errors import InvalidHyperparameterError, NRDBenchError, UnknownNameError
+from nrd.losses import LOSS_REDUCTIONS
 
 
 class ConfigError(NRDBenchError, ValueError):
@@ -40,25 +41,36 @@ class DataSettings:
     eval_msflip: bool = False
 
 
+OFFICIAL_WARMUP_SHARE = 4000 / 84000  # configs/_base_/schedules/schedule_80k_warmup.py: 4k warm-up in 84k iterations
+
+
 @dataclass(frozen=True)
 class ScheduleSettings:
     """The official iteration-based schedule: SGD with momentum, linear warm-up from ``warmup_ratio``·lr, then poly
-    decay with ``power`` down to ``min_lr``. ``batch_size`` is global: each of W workers takes batch_size / W."""
+    decay with ``power`` down to ``min_lr``. ``batch_size`` is global: each of W workers takes batch_size / W.
+    ``warmup_iterations`` None (the default) takes the official share of the budget: 4k of 84k, round(iterations / 21).
+    ``loss_reduction`` (main and auxiliary loss, ``nrd.losses``): ``official`` = mmseg's mean over all pixels with
+    ignored ones counting 0, or ``valid`` = mean over the valid pixels (PyTorch's ``CrossEntropyLoss``)."""
 
-    iterations: int = 80000
+    iterations: int = 84000  # the official schedule_80k_warmup: 84k iterations, the first 4k a linear warm-up
     batch_size: int = 16
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup_iterations: int = 0
+    warmup_iterations: int | None = None
     warmup_ratio: float = 0.01
     power: float = 0.9
     min_lr: float = 1e-4
     aux_weight: float = 0.4
+    loss_reduction: str = "official"
     log_interval: int = 10
     eval_interval: int = 8000
     checkpoint_interval: int = 8000
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.warmup_iterations is None and isinstance(self.iterations, int):
+            object.__setattr__(self, "warmup_iterations", round(self.iterations * OFFICIAL_WARMUP_SHARE))
 
 
 @dataclass(frozen=True)
@@ -144,8 +156,9 @@ class TrainConfig:
         schedule, scaling = self.schedule, self.scaling
         for name in ("iterations", "batch_size", "log_interval", "eval_interval", "checkpoint_interval"):
             _require(getattr(schedule, name) >= 1, source, f"schedule.{name}", getattr(schedule, name), ">= 1")
-        _require(schedule.warmup_iterations >= 0, source, "schedule.warmup_iterations", schedule.warmup_iterations,
-                 ">= 0")  # fmt: skip
+        warmup = schedule.warmup_iterations
+        _require(isinstance(warmup, int) and not isinstance(warmup, bool) and warmup >= 0, source,
+                 "schedule.warmup_iterations", warmup, "an integer >= 0, or null (the official share)")  # fmt: skip
         _require(schedule.lr > 0, source, "schedule.lr", schedule.lr, "> 0")
         _require(0 <= schedule.min_lr <= schedule.lr, source, "schedule.min_lr", schedule.min_lr, "in [0, lr]")
         _require(0 <= schedule.momentum < 1, source, "schedule.momentum", schedule.momentum, "in [0, 1)")
@@ -153,6 +166,8 @@ class TrainConfig:
         _require(0 < schedule.warmup_ratio <= 1, source, "schedule.warmup_ratio", schedule.warmup_ratio, "in (0, 1]")
         _require(schedule.power > 0, source, "schedule.power", schedule.power, "> 0")
         _require(schedule.aux_weight >= 0, source, "schedule.aux_weight", schedule.aux_weight, ">= 0")
+        _require(schedule.loss_reduction in LOSS_REDUCTIONS, source, "schedule.loss_reduction",
+                 schedule.loss_reduction, f"one of {', '.join(LOSS_REDUCTIONS)}")  # fmt: skip
         _require(scaling.workers >= 1, source, "scaling.workers", scaling.workers, ">= 1")
         _require(scaling.cpus_per_worker > 0, source, "scaling.cpus_per_worker", scaling.cpus_per_worker, "> 0")
         _require(scaling.gpus_per_worker >= 0, source, "scaling.gpus_per_worker", scaling.gpus_per_worker, ">= 0")

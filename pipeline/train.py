@@ -39,6 +39,7 @@ from nrd.data import read_manifest
 from nrd.data.base import decode_image, decode_label
 from nrd.data.transforms import TRAIN_PRESETS, TrainTransform, TrainTransformConfig, ValTransform
 from nrd.inference import predict_to_label
+from nrd.losses import segmentation_loss
 from nrd.metrics import SegmentationMetrics
 from pipeline.config import FROM_DATA, ConfigError, TrainConfig
 from pipeline.files import write_atomic
@@ -367,7 +368,7 @@ def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSessio
     batch_size = config.per_worker_batch_size
     ignore_index = manifest["ignore_index"]
     num_classes = manifest["num_classes"]
-    criterion = torch.nn.CrossEntropyLoss(ignore_index=ignore_index)
+    criterion = functools.partial(segmentation_loss, ignore_index=ignore_index, reduction=schedule.loss_reduction)
 
     window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
     started = time.perf_counter()

@@ -235,3 +235,73 @@ def test_named_errors_survive_pickling():
     for error in errors:
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and str(copy) == str(error) and vars(copy) == vars(error)
+
+
+# ------------------------------------------------------------------------------------------ official initialisation
+def classifier_convs(model) -> list[torch.nn.Conv2d]:
+    """The convs initialised as mmseg's conv_seg: each decoder's classifier (DUpsampling: its reconstruction), the
+    auxiliary head's classifier. NRD has none (its generator has its own init, tested in test_nrd.py)."""
+    decoder = model.decoder
+    convs = [model.aux_head.classifier]
+    if hasattr(decoder, "classifier"):
+        convs.append(decoder.classifier)
+    if hasattr(decoder, "reconstruct"):
+        convs.append(decoder.reconstruct)
+    return convs
+
+
+@pytest.mark.parametrize("decoder", list(DECODERS))
+def test_heads_follow_the_official_initialisation(decoder: str):
+    """Every conv of every head (decoder and auxiliary FCN head) as mmcv's ConvModule: Kaiming-normal with mode
+    fan_out and ReLU gain, std √(2 / (out·kh·kw)), bias 0; BatchNorm weight 1, bias 0; classifier convs N(0, 0.01),
+    bias 0; NRD's generator Xavier-normal / P. Checked on the statistics of the initialised weights."""
+    torch.manual_seed(0)
+    model = create_model(decoder, "resnet18", 19)
+    special = {id(conv) for conv in classifier_convs(model)}
+    if decoder == "nrd":
+        special.add(id(model.decoder.controller[-1]))
+    checked = 0
+    for head in (model.decoder, model.aux_head):
+        for name, module in head.named_modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                assert torch.all(module.weight == 1) and torch.all(module.bias == 0), name
+            if not isinstance(module, torch.nn.Conv2d) or id(module) in special:
+                continue
+            weight = module.weight
+            out_channels, _, kh, kw = weight.shape
+            expected = math.sqrt(2.0 / (out_channels * kh * kw))
+            tolerance = 4 / math.sqrt(2 * weight.numel()) + 0.02  # ~4 standard errors of a sample std
+            assert weight.std().item() == pytest.approx(expected, rel=tolerance), name
+            assert abs(weight.mean().item()) < 4 * expected / math.sqrt(weight.numel()), name
+            assert module.bias is None or torch.all(module.bias == 0), name
+            checked += 1
+    assert checked >= 7  # the context module (at least 5 convs), the decoder convs and the aux head's 3×3
+    for conv in classifier_convs(model):
+        assert conv.weight.std().item() == pytest.approx(0.01, rel=4 / math.sqrt(2 * conv.weight.numel()))
+        assert abs(conv.weight.mean().item()) < 4 * 0.01 / math.sqrt(conv.weight.numel())
+        assert conv.bias is None or torch.all(conv.bias == 0)
+
+
+def last_residual_norms(encoder) -> list[torch.nn.BatchNorm2d]:
+    from nrd.encoders import BasicBlock, Bottleneck
+
+    return [m.bn3 if isinstance(m, Bottleneck) else m.bn2 for m in encoder.modules()
+            if isinstance(m, BasicBlock | Bottleneck)]  # fmt: skip
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "resnet50_v1c"])
+def test_encoder_zero_init_residual_without_weights_only(encoder: str, tmp_path):
+    """mmseg's ResNet from scratch: the last BatchNorm of every residual block starts at gamma 0 (the block is the
+    identity), every other BatchNorm at 1; loaded weights replace the zeros."""
+    model = build("bilinear", encoder)
+    norms = last_residual_norms(model.encoder)
+    assert len(norms) == (8 if encoder == "resnet18" else 16)
+    assert all(torch.all(norm.weight == 0) for norm in norms)
+    others = [m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d) and m not in norms]
+    assert others and all(torch.all(norm.weight == 1) for norm in others)
+
+    state = {key: torch.rand_like(value) + 0.5 if value.is_floating_point() else value
+             for key, value in model.encoder.state_dict().items()}  # fmt: skip
+    torch.save(state, tmp_path / "weights.pth")
+    loaded = create_model("bilinear", encoder, NUM_CLASSES, encoder_weights=tmp_path / "weights.pth")
+    assert all(torch.all(norm.weight >= 0.5) for norm in last_residual_norms(loaded.encoder))

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from nrd import create_model
-from nrd.decoders.nrd import NRDDecoder, dynamic_mlp, mlp_layer_shapes, patch_coordinates
+from nrd.cost import count_macs, count_params
+from nrd.decoders.nrd import NRDDecoder, dynamic_mlp, mlp_layer_shapes, patch_coordinates, split_dynamic_params
+from nrd.errors import InvalidHyperparameterError
 
 
 def reference_dynamic_mlp(inputs, params, in_channels, hidden, num_classes, layers, factor):
@@ -141,3 +143,81 @@ def test_patch_factor_must_divide_a_dilated_encoder_stride():
     create_model("nrd", "resnet18", 3, output_stride=16, patch_factor=16)
     with pytest.raises(ValueError, match="patch_factor=32"):
         create_model("nrd", "resnet18", 3, output_stride=16, patch_factor=32)
+
+
+# --------------------------------------------------------------------------------- static_base (the saddle fix)
+def g_theta_logits(model, images):
+    """g_θ's logits on the patch grid (before the final up-sampling), and the generated parameters."""
+    decoder = model.decoder
+    features = model.encoder(images)
+    context = decoder.context(features[-1])
+    params = decoder.controller(context)
+    return dynamic_mlp(decoder.mlp_inputs(features, context.shape[-2:]), params, decoder.layer_shapes), params
+
+
+def within_patch_share(logits, factor):
+    batch, classes, height, width = logits.shape
+    patches = logits.double().reshape(batch, classes, height // factor, factor, width // factor, factor)
+    within = (patches - patches.mean(dim=(3, 5), keepdim=True)).square().sum()
+    return (within / (logits.double() - logits.double().mean(dim=(0, 2, 3), keepdim=True)).square().sum()).item()
+
+
+def test_static_base_is_off_by_default_and_starts_as_an_ordinary_mlp():
+    torch.manual_seed(0)
+    official = create_model("nrd", "resnet18", 19).decoder
+    assert official.static_base is False and torch.count_nonzero(official.controller[-1].bias) == 0
+    torch.manual_seed(0)
+    fixed = create_model("nrd", "resnet18", 19, static_base=True).decoder
+    generator = fixed.controller[-1]
+    # Δθ keeps the official small init: the generator's weight is Xavier-normal / P as without the fix.
+    fan_out, fan_in = generator.weight.shape[:2]
+    assert generator.weight.std().item() == pytest.approx(math.sqrt(2 / (fan_in + fan_out)) / 899, rel=0.02)
+    # θ_base (the bias, shared by all locations) holds every layer of g_θ initialised as nn.Linear: U(±1/√fan_in).
+    layers = split_dynamic_params(generator.bias.detach().unsqueeze(0), fixed.layer_shapes)
+    for (weight, bias), (_, fan_in) in zip(layers, fixed.layer_shapes, strict=True):
+        bound = 1 / math.sqrt(fan_in)
+        assert weight.abs().max().item() <= bound and bias.abs().max().item() <= bound
+        assert weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=4 / math.sqrt(2 * weight.numel()))
+    with pytest.raises(InvalidHyperparameterError, match="static_base"):
+        create_model("nrd", "resnet18", 3, static_base=1)
+
+
+def test_static_base_leaves_the_saddle_at_step_zero():
+    """With the official init g_θ's logits are constant inside each patch to ~1e-10 of their variance (the second
+    and third layers' weights are ~1e-3); with static_base the within-patch share is of order one from the start."""
+    images = torch.randn(2, 3, 64, 96)
+    shares = {}
+    for static_base in (False, True):
+        torch.manual_seed(0)
+        model = create_model("nrd", "resnet18", 5, aux_head=False, static_base=static_base).eval()
+        with torch.no_grad():
+            logits, _ = g_theta_logits(model, images)
+        shares[static_base] = within_patch_share(logits, 8)
+    assert shares[False] < 1e-6 < 0.05 < shares[True]
+
+
+@pytest.mark.parametrize("coord_mode", ["topleft", "centred"])
+def test_static_base_fast_path_equals_per_patch_loop(coord_mode):
+    """The fix lives in the generated parameters (θ = bias + W·h), so the batched path must still equal the naive
+    per-patch loop, here at the fix's own initialisation (no weights tampered with)."""
+    torch.manual_seed(2)
+    model = create_model("nrd", "resnet18", 4, aux_head=False, coord_mode=coord_mode, static_base=True).eval()
+    decoder = model.decoder
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        features = model.encoder(images)
+        params = decoder.controller(decoder.context(features[-1]))
+        inputs = decoder.mlp_inputs(features, features[-1].shape[-2:])
+        reference = reference_dynamic_mlp(inputs, params, 18, 16, 4, 3, 8)
+        reference = torch.nn.functional.interpolate(reference, size=(64, 96), mode="bilinear", align_corners=False)
+        assert reference.std().item() > 0.05
+        assert (model(images) - reference).abs().max().item() <= 1e-5
+
+
+def test_static_base_costs_nothing_extra():
+    """θ_base is the generator's bias, which official NRD already has: the same parameters per level and the same
+    MACs (the bias add is not a multiply-accumulate; nrd.cost counts no conv bias, as mmcv's counter)."""
+    official = create_model("nrd", "resnet18", 19, aux_head=False)
+    fixed = create_model("nrd", "resnet18", 19, aux_head=False, static_base=True)
+    assert count_params(official) == count_params(fixed)
+    assert count_macs(official, (1, 3, 512, 1024)) == count_macs(fixed, (1, 3, 512, 1024))

@@ -204,3 +204,21 @@ def test_dataset_dir_may_be_a_uri(tmp_path, shards, capsys):
     assert resolved["data"]["dataset_dir"] == shards.as_uri() and resolved["model"]["num_classes"] == 4
     assert main(["train", "--dataset-dir", (tmp_path / "nothing").as_uri(), "--dry-run"]) == 2
     assert "not a prepared dataset" in capsys.readouterr().err
+
+
+def test_loss_reduction_and_default_warmup_follow_the_official_recipe(tmp_path, shards, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data:\n  dataset_dir: {shards}\nschedule:\n  loss_reduction: mean\n")
+    assert main(["train", "--config", str(config), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "schedule.loss_reduction='mean'" in err and "official, valid" in err
+    config.write_text(f"data:\n  dataset_dir: {shards}\n")
+    assert main(["train", "--config", str(config), "--dry-run"]) == 0
+    schedule = json.loads(capsys.readouterr().out)["schedule"]
+    assert schedule["loss_reduction"] == "official"  # mmseg's, by default
+    # The official schedule_80k_warmup: 84k iterations, the first 4k a linear warm-up; other budgets the same share.
+    assert (schedule["iterations"], schedule["warmup_iterations"], schedule["warmup_ratio"]) == (84000, 4000, 0.01)
+    assert main(["train", "--config", str(config), "--dry-run", "--iterations", "2100"]) == 0
+    assert json.loads(capsys.readouterr().out)["schedule"]["warmup_iterations"] == 100
+    assert main(["train", "--config", str(config), "--dry-run", "--warmup-iterations", "7"]) == 0
+    assert json.loads(capsys.readouterr().out)["schedule"]["warmup_iterations"] == 7

@@ -12,8 +12,27 @@ from torch import nn
 from nrd.errors import InvalidHyperparameterError
 
 
+def init_conv_module(conv: nn.Conv2d) -> nn.Conv2d:
+    """mmcv ``ConvModule``'s initialisation (every conv of the official heads): Kaiming-normal, mode fan_out, gain for
+    ReLU, bias 0."""
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+def classifier_conv(in_channels: int, num_classes: int) -> nn.Conv2d:
+    """A 1×1 classifier conv initialised as mmseg's ``conv_seg`` (``BaseDecodeHead.init_weights``): N(0, 0.01),
+    bias 0."""
+    conv = nn.Conv2d(in_channels, num_classes, 1)
+    nn.init.normal_(conv.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 class ConvBNReLU(nn.Sequential):
-    """Conv (no bias) → BatchNorm → ReLU."""
+    """Conv (no bias) → BatchNorm → ReLU, initialised as mmcv's ``ConvModule``: conv Kaiming-normal (fan_out, ReLU),
+    BatchNorm weight 1 and bias 0."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1, groups: int = 1):
         padding = dilation * (kernel_size - 1) // 2
@@ -23,6 +42,9 @@ class ConvBNReLU(nn.Sequential):
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )  # fmt: skip
+        init_conv_module(self[0])
+        nn.init.ones_(self[1].weight)
+        nn.init.zeros_(self[1].bias)
 
 
 class SeparableConvBNReLU(nn.Sequential):
@@ -160,7 +182,7 @@ class ClassifierDecoder(Decoder):
         dilations = resolve_dilations(owner, context_dilations, self.context_stride)
         self.context = ContextModule(encoder_channels[-1], context_channels, dilations, self.separable_context)
         self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(context_channels, num_classes, 1)
+        self.classifier = classifier_conv(context_channels, num_classes)
 
     def decode(self, features, context, output_size):
         logits = self.classifier(self.dropout(context))
@@ -169,13 +191,14 @@ class ClassifierDecoder(Decoder):
 
 class FCNAuxHead(nn.Module):
     """Auxiliary FCN head used only in training (3×3 conv → 256, BN, ReLU, dropout 0.1, 1×1 classifier), applied to
-    the third encoder stage as in the official configs (loss weight 0.4)."""
+    the third encoder stage as in the official configs (loss weight 0.4). Initialised as mmseg's ``FCNHead``: the conv
+    as a ``ConvModule``, the classifier as ``conv_seg``."""
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1):
         super().__init__()
         self.conv = ConvBNReLU(in_channels, channels, 3)
         self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.classifier = classifier_conv(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.conv(x)))

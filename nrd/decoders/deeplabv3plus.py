@@ -13,6 +13,7 @@ from nrd.decoders.common import (
     SeparableConvBNReLU,
     check_positive,
     check_probability,
+    classifier_conv,
     resolve_dilations,
 )
 
@@ -51,7 +52,7 @@ class DeepLabV3PlusDecoder(Decoder):
             SeparableConvBNReLU(decoder_channels, decoder_channels),
         )
         self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
+        self.classifier = classifier_conv(decoder_channels, num_classes)
 
     def decode(self, features, context, output_size):
         low_level = self.low_level(features[0])

@@ -6,7 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nrd.decoders.common import ContextModule, ConvBNReLU, Decoder, check_positive, is_int, resolve_dilations
+from nrd.decoders.common import (
+    ContextModule,
+    ConvBNReLU,
+    Decoder,
+    check_positive,
+    init_conv_module,
+    is_int,
+    resolve_dilations,
+)
 from nrd.errors import InvalidHyperparameterError
 
 
@@ -58,8 +66,11 @@ class DUpsamplingDecoder(Decoder):
         self.context = ContextModule(encoder_channels[-1], context_channels, dilations, separable=True)
         self.low_level = ConvBNReLU(encoder_channels[0], low_level_channels, 1)
         self.fuse = ConvBNReLU(context_channels + low_level_channels, fuse_channels, 3)
-        self.compress = nn.Conv2d(fuse_channels, compressed_channels, 1)
+        # No official DUpsampling head in the NRD code: initialised by analogy, the compression as a ConvModule and the
+        # reconstruction (the classifier) as mmseg's conv_seg, N(0, 0.01).
+        self.compress = init_conv_module(nn.Conv2d(fuse_channels, compressed_channels, 1))
         self.reconstruct = nn.Conv2d(compressed_channels, ratio * ratio * num_classes, 1, bias=False)
+        nn.init.normal_(self.reconstruct.weight, mean=0.0, std=0.01)
         self.log_temperature = nn.Parameter(torch.zeros(()))
 
     @property

@@ -6,7 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nrd.decoders.common import ContextModule, ConvBNReLU, Decoder, check_positive, is_int, resolve_dilations
+from nrd.decoders.common import (
+    ContextModule,
+    ConvBNReLU,
+    Decoder,
+    check_positive,
+    init_conv_module,
+    is_int,
+    resolve_dilations,
+)
 from nrd.errors import InvalidHyperparameterError
 
 COORD_MODES = ("topleft", "centred")
@@ -88,6 +96,17 @@ def patch_coordinates(
     return torch.stack([xs.expand(height, width), ys[:, None].expand(height, width)])
 
 
+def static_base_init(layer_shapes: list[tuple[int, int]]) -> torch.Tensor:
+    """A flat (P,) parameter vector in the generated layout (w0, b0, w1, b1, …) holding an ordinary MLP: each layer
+    initialised as PyTorch's ``nn.Linear`` (Kaiming-uniform weights with a = √5, i.e. U(±1/√fan_in), and bias
+    U(±1/√fan_in)), drawn from the global RNG."""
+    pieces = []
+    for out, inp in layer_shapes:
+        layer = nn.Linear(inp, out)
+        pieces += [layer.weight.detach().reshape(-1), layer.bias.detach()]
+    return torch.cat(pieces)
+
+
 class NRDDecoder(Decoder):
     """NRD decoder (paper §3; NRD_NOTES §2): every coarse location predicts the weights of a tiny MLP g_θ that
     renders its f×f patch of the label map from per-pixel coordinates and a low-level guidance map.
@@ -98,7 +117,18 @@ class NRDDecoder(Decoder):
     H/4, W/4); [x, y, guidance] → one shared BatchNorm → g_θ per pixel → (B, K, H/4, W/4) → bilinear to the output.
 
     With other factors g_θ runs at stride (context stride / f), the guidance map being resized to that grid.
-    The controller's last conv starts as Xavier-normal / P with zero bias, so the generated MLPs start tiny.
+
+    Initialisation (official ``DynHead``): the controller's last conv ("generator") is Xavier-normal / P with zero
+    bias, so the generated MLPs start tiny; every other conv as mmcv's ``ConvModule`` (Kaiming-normal fan_out, bias
+    0). Because g_θ multiplies three such ~1e-3 matrices, early gradients barely reach w0 and w1 and for hundreds of
+    iterations the logits are constant inside each patch (the "saddle", NRD_NOTES §7).
+
+    ``static_base`` (off by default; not in the paper): a labelled way out of that saddle. The generator's bias is a
+    learned parameter vector shared by all locations, so θ_i = θ_base + Δθ_i with θ_base = the bias and Δθ_i = W·h_i
+    the dynamic part. With ``static_base`` θ_base starts as an ordinary MLP (each layer of g_θ initialised as
+    ``nn.Linear``: Kaiming-uniform weights, uniform bias, bound 1/√fan_in) instead of zeros, while Δθ_i keeps the
+    official small init: at step 0 g_θ is a real shared MLP over coordinates and guidance and the dynamic part grows
+    from there. No parameter, MAC or memory is added (the bias was already there); only its starting value changes.
     """
 
     def __init__(
@@ -117,6 +147,7 @@ class NRDDecoder(Decoder):
         guidance_hidden_channels: int = 48,
         context_channels: int = 512,
         context_dilations: tuple[int, ...] | None = None,
+        static_base: bool = False,
     ):
         super().__init__(encoder_channels, encoder_strides, num_classes)
         owner = type(self).__name__
@@ -147,10 +178,13 @@ class NRDDecoder(Decoder):
             )
         if coord_mode not in COORD_MODES:
             raise InvalidHyperparameterError(owner, "coord_mode", coord_mode, f"one of {', '.join(COORD_MODES)}")
+        if not isinstance(static_base, bool):
+            raise InvalidHyperparameterError(owner, "static_base", static_base, "true or false")
 
         self.patch_factor = patch_factor
         self.guidance_stage = guidance_stage
         self.coord_mode = coord_mode
+        self.static_base = static_base
         self.layer_shapes = mlp_layer_shapes(2 + guidance_channels, dyn_channels, num_classes, mlp_layers)
         self.num_dynamic_params = num_dynamic_params(self.layer_shapes)
 
@@ -162,7 +196,7 @@ class NRDDecoder(Decoder):
         )
         self.guidance = nn.Sequential(
             ConvBNReLU(encoder_channels[guidance_stage - 1], guidance_hidden_channels, 3),
-            nn.Conv2d(guidance_hidden_channels, guidance_channels, 1),
+            init_conv_module(nn.Conv2d(guidance_hidden_channels, guidance_channels, 1)),  # a ConvModule without norm
         )
         self.input_norm = nn.BatchNorm2d(2 + guidance_channels)
         self._init_controller()
@@ -173,6 +207,9 @@ class NRDDecoder(Decoder):
         with torch.no_grad():
             generator.weight.div_(self.num_dynamic_params)
         nn.init.zeros_(generator.bias)
+        if self.static_base:
+            with torch.no_grad():
+                generator.bias.copy_(static_base_init(self.layer_shapes))
 
     def mlp_inputs(self, features: list[torch.Tensor], coarse_size: tuple[int, int]) -> torch.Tensor:
         """Normalised per-pixel inputs of g_θ, (B, 2 + G, h·f, w·f): coordinates then guidance."""
@@ -193,5 +230,6 @@ class NRDDecoder(Decoder):
     def extra_repr(self) -> str:
         return (
             f"P={self.num_dynamic_params}, layers={self.layer_shapes}, patch_factor={self.patch_factor}, "
-            f"guidance_stage={self.guidance_stage}, coord_mode={self.coord_mode!r}"
+            f"guidance_stage={self.guidance_stage}, coord_mode={self.coord_mode!r}, "
+            f"static_base={self.static_base}"
         )
