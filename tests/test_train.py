@@ -23,8 +23,9 @@ from nrd import ModelConfig, create_model  # noqa: E402
 from nrd.data import ShardDataset, create_dataset, prepare_shards  # noqa: E402
 from nrd.data.transforms import ValTransform, ValTransformConfig  # noqa: E402
 from nrd.metrics import SegmentationMetrics  # noqa: E402
-from pipeline.cli import main  # noqa: E402
-from pipeline.train import learning_rate, prepare_network  # noqa: E402
+from pipeline.commands.cli import main  # noqa: E402
+from pipeline.training.loop import learning_rate  # noqa: E402
+from pipeline.training.sessions import prepare_network  # noqa: E402
 
 pytestmark = pytest.mark.slow
 VAL_IMAGES = 15
