@@ -26,6 +26,7 @@ from pipeline.config import ConfigError, TrainConfig, canonical_key, check_model
 from pipeline.names import (
     DRIVER_BUFFER,
     FINISHED_MARKER,
+    ITERATION,
     KIND_SWEEP,
     KIND_TAG,
     RUN_RECORD,
@@ -155,7 +156,7 @@ def tune_config(space: SearchSpace):
     scheduler = None
     if search.scheduler == "asha":
         scheduler = ASHA(
-            time_attr="iteration",
+            time_attr=ITERATION,
             max_t=search.iterations,
             grace_period=search.grace_period,
             reduction_factor=search.reduction_factor,

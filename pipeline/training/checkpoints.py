@@ -16,7 +16,7 @@ import yaml
 
 from pipeline.config import ConfigError, TrainConfig
 from pipeline.files import write_atomic
-from pipeline.names import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS, CONFIG_FILE, FINISHED_MARKER, RESULT_FILE
+from pipeline.names import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS, CONFIG_FILE, FINISHED_MARKER, ITERATION, RESULT_FILE
 from pipeline.training.sessions import unwrap
 
 
@@ -78,7 +78,7 @@ def load_checkpoint_state(checkpoint) -> dict[str, Any] | None:
 
 def report_checkpoint(session, model, optimizer, iteration: int, metrics: dict) -> None:
     """Every worker reports (Ray needs the same number of reports from each); only rank 0 writes the files."""
-    reported = {"iteration": iteration, **{k: v for k, v in metrics.items() if v is not None}}
+    reported = {ITERATION: iteration, **{k: v for k, v in metrics.items() if v is not None}}
     if session.rank != 0:
         session.report(reported)
         return
