@@ -262,6 +262,11 @@ def canonical_key(key: str, source: str = "config") -> str:
     raise UnknownNameError(f"key in {source}", key, valid)
 
 
+def is_decoder_argument(key: str) -> bool:
+    """Whether flat name ``key`` is a decoder hyperparameter (``nrd.dyn_channels``, ``model.decoder_kwargs.x``)."""
+    return key.partition(".")[0] in DECODERS or key.startswith(f"model.{DECODER_ARGS}.")
+
+
 def nest(values: Mapping[str, Any], decoder: str) -> dict[str, Any]:
     """Flat names → nested config sections (``nrd.dyn_channels`` → ``model.decoder_kwargs.dyn_channels``), for
     merging into a config dict. Hyperparameters of decoders other than ``decoder`` are dropped."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from pipeline.config import ConfigError, TrainConfig, canonical_key, check_model, merge, resolve
+from pipeline.config import ConfigError, TrainConfig, canonical_key, check_model, is_decoder_argument, merge, resolve
 from pipeline.names import (
     DRIVER_BUFFER,
     FINISHED_MARKER,
@@ -75,7 +75,10 @@ def trial_config(
         "run.tracking_uri": sweep["tracking_uri"],  # the driver's, resolved: a trial's working directory is elsewhere
         "run.max_failures": 0,
     }
-    return check_model(base.updated({**space.fixed, **sampled, **run}, source))
+    # The base holds the fixed values already; those of the decoder's hyperparameters go again, since the trial's
+    # decoder may differ from the base's (updated drops the hyperparameters of another decoder).
+    hyperparameters = {key: value for key, value in space.fixed.items() if is_decoder_argument(key)}
+    return check_model(base.updated({**hyperparameters, **sampled, **run}, source))
 
 
 def run_trial(
