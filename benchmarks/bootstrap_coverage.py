@@ -1,4 +1,4 @@
-"""Coverage of ``pipeline.uncertainty.bootstrap``'s 95% mIoU intervals, by simulation with a known truth.
+"""Coverage of ``pipeline.results.uncertainty.bootstrap``'s 95% mIoU intervals, by simulation with a known truth.
 
 A population of ``--population`` images with K classes is generated once (each class present with its own
 probability and a gamma-distributed pixel count; each image a difficulty). A training seed s shifts the logit of the
@@ -27,7 +27,7 @@ import numpy as np
 
 from nrd.evidence import ImageCounts
 from nrd.metrics import scores_from_counts
-from pipeline.uncertainty import bootstrap
+from pipeline.results.uncertainty import bootstrap
 
 K = 8
 SCENARIOS = ((1, 0.0), (1, 0.2), (3, 0.2), (1, 0.5), (3, 0.5), (5, 0.5))  # (seeds, seed_sd)

@@ -1,16 +1,17 @@
 """Training overhead benchmark: ``nrd-bench train`` (Ray Train + Ray Data + MLflow) against a plain PyTorch loop.
 
 Both train the same model on the same synthetic Parquet shards (prepared as ``nrd-bench prepare`` does; not timed)
-for the same iterations, with the same augmentation (``TrainTransform`` with ``pipeline.train.transform_config``),
-optimizer and schedule (``pipeline.train.learning_rate``), and the same number of torch threads (Ray gives a worker
-OMP_NUM_THREADS = floor(CPUs per worker); the plain loop calls ``torch.set_num_threads`` with that number):
+for the same iterations, with the same augmentation (``TrainTransform`` with
+``pipeline.training.ingest.transform_config``), optimizer and schedule (``pipeline.training.loop.learning_rate``), and
+the same number of torch threads (Ray gives a worker OMP_NUM_THREADS = floor(CPUs per worker); the plain loop calls
+``torch.set_num_threads`` with that number):
 
 - ``plain``: one process; each step reads and augments its batch (``ShardDataset`` + ``TrainTransform``) and then
   runs forward, backward and the optimizer step. Data and compute time are timed apart.
-- ``ray``: ``pipeline.train.train`` with one worker; decoding and augmentation run in Ray Data's tasks on the CPUs
-  the worker leaves free, metrics go to MLflow (SQLite). Step times come from the ``images_per_s`` it logs.
-- ``ray_data``: Ray Data alone iterating ``pipeline.train.build_datasets``' train set once, limited to the CPUs
-  training leaves it: seconds to the first batch (paid again at every epoch) and images/s over the whole pass,
+- ``ray``: ``pipeline.training.run.train`` with one worker; decoding and augmentation run in Ray Data's tasks on the
+  CPUs the worker leaves free, metrics go to MLflow (SQLite). Step times come from the ``images_per_s`` it logs.
+- ``ray_data``: Ray Data alone iterating ``pipeline.training.ingest.build_datasets``' train set once, limited to the
+  CPUs training leaves it: seconds to the first batch (paid again at every epoch) and images/s over the whole pass,
   start-up included (a lower bound of what ingestion can deliver), to compare with what training consumes. The
   train set (``--train-samples``) is larger than the run needs, so that start-up does not dominate the pass.
 
@@ -40,8 +41,10 @@ import torch
 
 from nrd.data import ShardDataset, create_dataset, prepare_shards
 from nrd.data.transforms import TrainTransform, sample_rng
-from pipeline.config import TrainConfig
-from pipeline.train import build_datasets, learning_rate, resolve, seed_everything, train, transform_config
+from pipeline.config import TrainConfig, resolve
+from pipeline.training.ingest import build_datasets, transform_config
+from pipeline.training.loop import learning_rate, seed_everything
+from pipeline.training.run import train
 
 STEP_TIME_GOAL = 1.10  # Ray's steady-state step time may exceed the plain loop's by at most 10 %
 
@@ -144,11 +147,11 @@ def run_ray_data(config: TrainConfig, manifest: dict, cpus: float) -> dict:
     return {"first_batch_s": first_batch_s, "pass_s": pass_s, "images_per_s": images / pass_s}
 
 
-def run_ray(config: TrainConfig) -> dict:
+def run_ray(config: TrainConfig, manifest: dict) -> dict:
     """``nrd-bench train`` with one worker; per-window seconds from the ``images_per_s`` it logged to MLflow."""
     from mlflow import MlflowClient
 
-    result = train(config)
+    result = train(config, manifest)
     history = MlflowClient(config.run.tracking_uri).get_metric_history(result["run_id"], "images_per_s")
     per_image = {metric.step: 1 / metric.value for metric in history}
     interval, batch = config.schedule.log_interval, config.schedule.batch_size
@@ -228,7 +231,7 @@ def main(argv=None) -> int:
             print(f"Ray Data alone, {data_cpus:g} CPU(s) ...", file=sys.stderr, flush=True)
             ingest = run_ray_data(config, manifest, data_cpus)
             print("nrd-bench train, 1 worker ...", file=sys.stderr, flush=True)
-            ray_run = run_ray(config)
+            ray_run = run_ray(config, manifest)
         finally:
             os.chdir(previous_cwd)
             ray.shutdown()

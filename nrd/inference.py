@@ -71,9 +71,7 @@ def _whole(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model(images)
 
 
-def _slide(
-    model: nn.Module, images: torch.Tensor, crop_size: tuple[int, int], stride: tuple[int, int]
-) -> torch.Tensor:
+def _slide(model: nn.Module, images: torch.Tensor, crop_size: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
     height, width = images.shape[-2:]
     crop_h, crop_w = crop_size
     logits = counts = None
@@ -227,4 +225,3 @@ def predict_to_label(
         height, width = _check_size(valid_size, "predict_to_label", "valid_size")
         images = images[..., :height, :width]
     return restore_to_label(predict(model, images, mode, **options), valid_size, label_size)
-

@@ -1,7 +1,16 @@
-"""The resolved configuration of a training run: frozen dataclasses, read from YAML and/or CLI flags in one place.
+"""The configuration of a training run: one frozen ``TrainConfig``, read from YAML, CLI flags or a search space in
+one place, resolved once against the data set, then passed unchanged through Ray Tune and Ray Train to the loop.
 
 ``TrainConfig.from_dict`` validates every key and value before anything starts (unknown keys name the closest valid
-one and the file they came from); ``to_dict`` is what gets written beside every result and logged as MLflow params.
+one and the file they came from); ``to_dict`` is what gets written beside every result, ``flat_params`` what MLflow
+gets as params.
+
+Flat names (search-space keys, Ray Tune parameters, MLflow params) have one spelling: the dotted path of a setting
+(``schedule.lr``, ``model.encoder``) and ``<decoder>.<argument>`` for a decoder hyperparameter (``nrd.dyn_channels``,
+``model.decoder_kwargs.dyn_channels`` in the nested YAML). ``ALIASES`` is the one table of short names: the CLI
+flags (``--lr``) and the short keys a space may use (``lr``). Old spellings stay readable: a space's
+``model.decoder_kwargs.<argument>``, ``--decoder-arg <argument>=VALUE``, Tune's ``nrd__dyn_channels`` of sweeps
+started before, MLflow's ``model.decoder_kwargs.<argument>`` params of older runs.
 """
 
 from __future__ import annotations
@@ -9,13 +18,15 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from nrd import ModelConfig
+from nrd import DECODERS, ModelConfig, decoder_arguments
+from nrd.data import read_manifest
 from nrd.errors import InvalidHyperparameterError, NRDBenchError, UnknownNameError
 from nrd.losses import LOSS_REDUCTIONS
 
@@ -103,6 +114,39 @@ class RunSettings:
 
 FROM_DATA = 0  # model.num_classes when not given: taken from the prepared data set's manifest
 SECTIONS = {"data": DataSettings, "schedule": ScheduleSettings, "scaling": ScalingSettings, "run": RunSettings}
+# The one table of short names: `nrd-bench train`'s flags (--dataset-dir is dest dataset_dir) and a space's short keys.
+ALIASES = {
+    "dataset_dir": "data.dataset_dir",
+    "crop_size": "data.crop_size",
+    "val_limit": "data.val_limit",
+    "eval_msflip": "data.eval_msflip",
+    "decoder": "model.decoder",
+    "encoder": "model.encoder",
+    "num_classes": "model.num_classes",
+    "output_stride": "model.output_stride",
+    "iterations": "schedule.iterations",
+    "batch_size": "schedule.batch_size",
+    "lr": "schedule.lr",
+    "weight_decay": "schedule.weight_decay",
+    "warmup_iterations": "schedule.warmup_iterations",
+    "aux_weight": "schedule.aux_weight",
+    "log_interval": "schedule.log_interval",
+    "eval_interval": "schedule.eval_interval",
+    "checkpoint_interval": "schedule.checkpoint_interval",
+    "seed": "schedule.seed",
+    "workers": "scaling.workers",
+    "gpus_per_worker": "scaling.gpus_per_worker",
+    "cpus_per_worker": "scaling.cpus_per_worker",
+    "gpu_wait": "scaling.gpu_wait",
+    "storage_path": "run.storage_path",
+    "name": "run.name",
+    "max_failures": "run.max_failures",
+    "tracking_uri": "run.tracking_uri",
+    "experiment": "run.experiment",
+    "tracking_timeout": "run.tracking_timeout",
+}
+DECODER_ARGS = "decoder_kwargs"  # ModelConfig's field holding the decoder hyperparameters
+OLD_TUNE_SEPARATOR = "__"  # sweeps started before stood "." as "__" in Tune's parameter names
 
 
 @dataclass(frozen=True)
@@ -126,15 +170,26 @@ class TrainConfig:
         }
 
     def flat_params(self) -> dict[str, str]:
-        """``section.key`` → value strings, for MLflow params."""
+        """Flat names (``schedule.lr``, ``nrd.dyn_channels``: see the module docstring) → value strings, for MLflow
+        params."""
         flat = {}
         for section, values in self.to_dict().items():
             for key, value in values.items():
-                if isinstance(value, dict):
-                    flat.update({f"{section}.{key}.{k}": str(v) for k, v in value.items()})
+                if key == DECODER_ARGS and section == "model":
+                    flat.update({f"{self.model.decoder}.{k}": str(v) for k, v in value.items()})
                 else:
                     flat[f"{section}.{key}"] = str(value)
         return flat
+
+    def updated(self, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
+        """This config with ``values`` (flat names or short aliases → values) applied, validated whole. A
+        ``<decoder>.<argument>`` applies only when ``<decoder>`` is the config's decoder (after the update)."""
+        flat = {canonical_key(key, source): value for key, value in values.items()}
+        decoder = flat.get("model.decoder", self.model.decoder)
+        current = self.to_dict()
+        if decoder != self.model.decoder:  # hyperparameters belong to their decoder
+            current["model"][DECODER_ARGS] = {}
+        return TrainConfig.from_dict(merge(current, nest(flat, decoder)), source=source)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> TrainConfig:
@@ -157,8 +212,13 @@ class TrainConfig:
         for name in ("iterations", "batch_size", "log_interval", "eval_interval", "checkpoint_interval"):
             _require(getattr(schedule, name) >= 1, source, f"schedule.{name}", getattr(schedule, name), ">= 1")
         warmup = schedule.warmup_iterations
-        _require(isinstance(warmup, int) and not isinstance(warmup, bool) and warmup >= 0, source,
-                 "schedule.warmup_iterations", warmup, "an integer >= 0, or null (the official share)")  # fmt: skip
+        _require(
+            isinstance(warmup, int) and not isinstance(warmup, bool) and warmup >= 0,
+            source,
+            "schedule.warmup_iterations",
+            warmup,
+            "an integer >= 0, or null (the official share)",
+        )
         _require(schedule.lr > 0, source, "schedule.lr", schedule.lr, "> 0")
         _require(0 <= schedule.min_lr <= schedule.lr, source, "schedule.min_lr", schedule.min_lr, "in [0, lr]")
         _require(0 <= schedule.momentum < 1, source, "schedule.momentum", schedule.momentum, "in [0, 1)")
@@ -193,6 +253,116 @@ class TrainConfig:
                 "record, config, results and MLflow buffer are files beside the checkpoints, so on a cluster give a "
                 "folder that every node mounts (NFS, EFS, a Kubernetes ReadWriteMany volume: see deploy/README.md)"
             )
+
+
+def canonical_key(key: str, source: str = "config") -> str:
+    """The one spelling of a flat name (see the module docstring): an alias resolved, an old Tune name decoded, the
+    section and key checked (unknown ones raise ``UnknownNameError`` listing the valid ones)."""
+    if OLD_TUNE_SEPARATOR in key and "." not in key:
+        key = key.replace(OLD_TUNE_SEPARATOR, ".")
+    key = ALIASES.get(key, key)
+    section, _, rest = key.partition(".")
+    if section in DECODERS:
+        valid = decoder_arguments(section)
+        if rest not in valid:
+            raise UnknownNameError(f"{section} hyperparameter in {source}", rest, valid)
+        return key
+    if section == "model":
+        valid = [f.name for f in dataclasses.fields(ModelConfig)]
+        if rest.split(".")[0] not in valid:
+            raise UnknownNameError(f"model key in {source}", rest, valid)
+        return key
+    if section in SECTIONS:
+        valid = [f.name for f in dataclasses.fields(SECTIONS[section])]
+        if rest not in valid:
+            raise UnknownNameError(f"{section} key in {source}", rest, valid)
+        return key
+    valid = [*ALIASES, *(f"{s}.<key>" for s in ("model", *SECTIONS)), *(f"{d}.<arg>" for d in DECODERS)]
+    raise UnknownNameError(f"key in {source}", key, valid)
+
+
+def is_decoder_argument(key: str) -> bool:
+    """Whether flat name ``key`` is a decoder hyperparameter (``nrd.dyn_channels``, ``model.decoder_kwargs.x``)."""
+    return key.partition(".")[0] in DECODERS or key.startswith(f"model.{DECODER_ARGS}.")
+
+
+def nest(values: Mapping[str, Any], decoder: str) -> dict[str, Any]:
+    """Flat names → nested config sections (``nrd.dyn_channels`` → ``model.decoder_kwargs.dyn_channels``), for
+    merging into a config dict. Hyperparameters of decoders other than ``decoder`` are dropped."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        section, _, rest = key.partition(".")
+        if section in DECODERS:
+            if section != decoder:
+                continue
+            section, rest = "model", f"{DECODER_ARGS}.{rest}"
+        node = nested.setdefault(section, {})
+        *parents, leaf = rest.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return nested
+
+
+def field_default(key: str) -> Any:
+    """The default of the setting at dotted ``key`` (None when it has none, or for decoder hyperparameters)."""
+    section, _, rest = key.partition(".")
+    kind = ModelConfig if section == "model" else SECTIONS.get(section)
+    fields = {f.name: f for f in dataclasses.fields(kind)} if kind else {}
+    default = getattr(fields.get(rest), "default", None)
+    return None if default is dataclasses.MISSING else default
+
+
+def shard_files(dataset_dir: str, manifest: dict, split: str) -> list[str]:
+    """The Parquet shard files of one split of a prepared data set (``nrd-bench prepare``)."""
+    if split not in manifest["splits"]:
+        raise ConfigError(
+            f"{dataset_dir}: the prepared data set has no {split!r} split (has {list(manifest['splits'])})"
+        )
+    return [f"{dataset_dir.rstrip('/')}/{record['file']}" for record in manifest["splits"][split]["shards"]]
+
+
+def resolve(config: TrainConfig) -> tuple[TrainConfig, dict]:
+    """Once per run (or per sweep, for what its trials share): fill what the data set decides (num_classes, the
+    default name, absolute paths), check what needs the data, and build the model on the meta device (unknown names,
+    invalid hyperparameters fail here, before any worker starts). Returns the config and the data set's manifest."""
+    try:
+        manifest = read_manifest(config.data.dataset_dir)
+    except Exception as error:
+        raise ConfigError(f"data.dataset_dir: {error}") from error
+    model = config.model
+    if model.num_classes == FROM_DATA:
+        model = replace(model, num_classes=manifest["num_classes"])
+    elif model.num_classes != manifest["num_classes"]:
+        raise ConfigError(
+            f"model.num_classes={model.num_classes} but {config.data.dataset_dir} has {manifest['num_classes']} classes"
+        )
+    for split in ("train", "val"):
+        shard_files(config.data.dataset_dir, manifest, split)
+    train_count = manifest["splits"]["train"]["count"]
+    if train_count < config.schedule.batch_size:
+        raise ConfigError(
+            f"{config.data.dataset_dir}: the train split has {train_count} samples, fewer than one batch "
+            f"(schedule.batch_size={config.schedule.batch_size})"
+        )
+    run = config.run
+    name = run.name or f"{manifest['dataset']}-{model.decoder}-{model.encoder}"
+    data = config.data
+    if "://" not in data.dataset_dir:  # workers on other nodes or in other folders must find it too
+        data = replace(data, dataset_dir=str(Path(data.dataset_dir).resolve()))
+    storage = str(Path(run.storage_path).resolve())
+    config = replace(config, model=model, data=data, run=replace(run, name=name, storage_path=storage))
+    return check_model(config), manifest
+
+
+def check_model(config: TrainConfig) -> TrainConfig:
+    """Drop an auxiliary head no loss uses (DDP would be left with parameters that get no gradient), and build the
+    model on the meta device so that unknown names and invalid hyperparameters fail before any worker starts."""
+    if config.schedule.aux_weight == 0 and config.model.aux_head:
+        config = replace(config, model=replace(config.model, aux_head=False))
+    with torch.device("meta"):
+        config.model.build()
+    return config
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import readme_commands
 
-from pipeline.cli import build_parser, cli_reference
+from pipeline.commands.cli import build_parser, cli_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from pipeline.config import ConfigError, TrainConfig  # noqa: E402
-from pipeline.train import check_cluster  # noqa: E402
+from pipeline.training.cluster import check_cluster  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import torch
 
 from nrd import create_model
 from nrd.cost import LEVELS, count_macs, count_params, measure_cost, measure_latency, time_call
-from pipeline.cli import main
+from pipeline.commands.cli import main
 
 
 def nrd_decoder_macs(height, width, num_classes, context=512, controller=512, low=256, hidden=48, guidance=16, dyn=16):

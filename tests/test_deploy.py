@@ -22,9 +22,8 @@ from mlflow.server.security_utils import get_default_allowed_hosts, is_allowed_h
 from packaging.specifiers import SpecifierSet  # noqa: E402
 from ray.autoscaler._private.util import prepare_config, validate_config  # noqa: E402
 
-from pipeline.cli import build_parser  # noqa: E402
-from pipeline.spaces import load_space  # noqa: E402
-from pipeline.submit import (  # noqa: E402
+from pipeline.commands.cli import build_parser  # noqa: E402
+from pipeline.jobs.submit import (  # noqa: E402
     ADDRESS_ENV,
     TOKEN_ENV,
     TOKEN_PATH_ENV,
@@ -32,7 +31,8 @@ from pipeline.submit import (  # noqa: E402
     build_entrypoint,
     upload_limit,
 )
-from pipeline.tracking import resolve_tracking_uri  # noqa: E402
+from pipeline.search.spaces import load_space  # noqa: E402
+from pipeline.training.tracking import resolve_tracking_uri  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

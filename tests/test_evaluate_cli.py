@@ -12,7 +12,7 @@ import pytest
 from test_metrics import random_pair, reference_results
 
 from nrd.data.base import encode_png
-from pipeline.cli import main
+from pipeline.commands.cli import main
 
 K = 6
 NAMES = ("a.png", "b.png", "city/c.png")

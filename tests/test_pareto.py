@@ -13,8 +13,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.pareto import collect_runs, pareto_front, pareto_ranks
+from pipeline.commands.cli import main
+from pipeline.names import KIND_PARETO, KIND_SWEEP, KIND_TAG
+from pipeline.results.front import collect_runs, pareto_front, pareto_ranks
 
 NAN = float("nan")
 
@@ -115,7 +116,7 @@ def populate(uri: str, experiment: str, artifact_location: str | None) -> dict:
     children; returns the ids."""
     client = MlflowClient(uri)
     experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
-    parent = client.create_run(experiment_id, tags={"nrd_bench.kind": "sweep"}, run_name="sweep").info.run_id
+    parent = client.create_run(experiment_id, tags={KIND_TAG: KIND_SWEEP}, run_name="sweep").info.run_id
     client.log_metric(parent, "mIoU", 100.0)
     client.set_terminated(parent, "FINISHED")
     ids = {}
@@ -194,7 +195,7 @@ def test_parent_run_on_sqlite(sqlite_store, tmp_path, capsys):
     ranks = expected_ranks(store["runs"])["cityscapes"]
     assert {row["run_id"]: row["rank"] for row in rows} == {k: "" if v is None else str(v) for k, v in ranks.items()}
     assert rows[-1]["run_name"] == "c-no-miou" and rows[-1]["mIoU"] == "" and rows[-1]["on_front"] == "false"
-    assert {row["dyn_channels"] for row in rows} == {"16", "32", ""}  # varies among the runs: a column
+    assert {row["nrd.dyn_channels"] for row in rows} == {"16", "32", ""}  # varies among the runs: a column
 
 
 def test_experiment_table_on_sqlite_reuses_the_pareto_run(sqlite_store, tmp_path, capsys):
@@ -204,7 +205,7 @@ def test_experiment_table_on_sqlite_reuses_the_pareto_run(sqlite_store, tmp_path
     for _ in range(2):
         assert main(command) == 0
         output = capsys.readouterr().out
-        pareto_runs = client.search_runs([store["experiment_id"]], "tags.`nrd_bench.kind` = 'pareto'")
+        pareto_runs = client.search_runs([store["experiment_id"]], f"tags.`{KIND_TAG}` = '{KIND_PARETO}'")
         assert len(pareto_runs) == 1 and pareto_runs[0].info.run_name == "pareto"
         assert pareto_runs[0].info.status == "FINISHED"
     assert len(client.list_artifacts(pareto_runs[0].info.run_id, "pareto")) == 5
@@ -288,7 +289,7 @@ def test_against_an_mlflow_server(mlflow_server, tmp_path, capsys):
     check_tags(client, store)
     assert main(command) == 0
     capsys.readouterr()
-    pareto_runs = client.search_runs([store["experiment_id"]], "tags.`nrd_bench.kind` = 'pareto'")
+    pareto_runs = client.search_runs([store["experiment_id"]], f"tags.`{KIND_TAG}` = '{KIND_PARETO}'")
     assert len(pareto_runs) == 1
     uploaded = sorted(path.name for path in (mlflow_server.root / "artifacts").rglob("*") if path.is_file())
     assert uploaded == sorted(path.name for path in out.iterdir())

@@ -18,7 +18,7 @@ from PIL import Image
 from nrd import create_model
 from nrd.data import create_dataset, prepare_shards
 from nrd.inference import predict_msflip, predict_slide
-from pipeline.cli import main
+from pipeline.commands.cli import main
 
 K = 5
 MEAN = (123.675, 116.28, 103.53)  # ImageNet, 0–255 scale

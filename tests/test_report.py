@@ -14,7 +14,8 @@ mlflow = pytest.importorskip("mlflow")
 
 from mlflow import MlflowClient  # noqa: E402
 
-from pipeline.cli import main  # noqa: E402
+from pipeline.commands.cli import main  # noqa: E402
+from pipeline.names import KIND_SWEEP, KIND_TAG  # noqa: E402
 
 EXPERIMENT = "bench"
 COST_METRICS = ("gmacs_model", "gmacs_decoder", "params_m", "latency_p50_ms")
@@ -88,7 +89,7 @@ def store(tmp_path_factory) -> tuple[str, dict[str, str]]:
     client = MlflowClient(uri)
     experiment_id = client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
     client.create_experiment("empty", artifact_location=(root / "artifacts-empty").as_uri())
-    sweep = client.create_run(experiment_id, run_name="sweep", tags={"nrd_bench.kind": "sweep", "dataset": "camvid"})
+    sweep = client.create_run(experiment_id, run_name="sweep", tags={KIND_TAG: KIND_SWEEP, "dataset": "camvid"})
     client.log_metric(sweep.info.run_id, "mIoU", 99.0)
     client.set_terminated(sweep.info.run_id, "FINISHED")
     ids = {}

@@ -29,7 +29,7 @@ from nrd.data import (
 )
 from nrd.data.shards import EmptySplitError, format_duration, progress_line, write_atomic
 from nrd.errors import InvalidHyperparameterError, UnknownNameError
-from pipeline.cli import main
+from pipeline.commands.cli import main
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SYNTHETIC = {"num_samples": {"train": 14, "val": 3}, "size": (24, 40), "num_classes": 5, "seed": 3}

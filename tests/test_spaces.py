@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from nrd.errors import NRDBenchError, UnknownNameError
-from pipeline.spaces import load_space
+from pipeline.search.spaces import load_space
 
 SPACES = sorted((Path(__file__).resolve().parents[1] / "tune_spaces").glob("*.yaml"))
 

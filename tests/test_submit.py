@@ -30,8 +30,8 @@ from ray._private import ray_constants  # noqa: E402
 from ray._private.runtime_env import packaging  # noqa: E402
 
 from nrd.data import create_dataset, prepare_shards  # noqa: E402
-from pipeline.cli import main  # noqa: E402
-from pipeline.submit import (  # noqa: E402
+from pipeline.commands.cli import main  # noqa: E402
+from pipeline.jobs.submit import (  # noqa: E402
     DEFAULT_EXCLUDES,
     EntrypointError,
     connect,

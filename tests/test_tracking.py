@@ -12,10 +12,10 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from pipeline.cli import main
-from pipeline.tracking import (
-    PARENT_RUN_TAG,
-    RunLogger,
+from pipeline.commands.cli import main
+from pipeline.names import PARENT_RUN_TAG
+from pipeline.training.logger import RunLogger
+from pipeline.training.tracking import (
     TrackingRejectedError,
     TrackingUnavailableError,
     create_run,

@@ -23,8 +23,9 @@ from nrd import ModelConfig, create_model  # noqa: E402
 from nrd.data import ShardDataset, create_dataset, prepare_shards  # noqa: E402
 from nrd.data.transforms import ValTransform, ValTransformConfig  # noqa: E402
 from nrd.metrics import SegmentationMetrics  # noqa: E402
-from pipeline.cli import main  # noqa: E402
-from pipeline.train import learning_rate, prepare_network  # noqa: E402
+from pipeline.commands.cli import main  # noqa: E402
+from pipeline.training.loop import learning_rate  # noqa: E402
+from pipeline.training.sessions import prepare_network  # noqa: E402
 
 pytestmark = pytest.mark.slow
 VAL_IMAGES = 15
@@ -142,6 +143,7 @@ def test_schedule_warmup_then_poly():
     from pipeline.config import ScheduleSettings
 
     schedule = ScheduleSettings(iterations=100, lr=0.01, warmup_iterations=10, warmup_ratio=0.1, min_lr=1e-4)
+
     def poly(i):
         return (0.01 - 1e-4) * (1 - i / 100) ** 0.9 + 1e-4
 

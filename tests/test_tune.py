@@ -19,7 +19,8 @@ from conftest import processes_using  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from nrd.data import create_dataset, prepare_shards  # noqa: E402
-from pipeline.cli import main  # noqa: E402
+from pipeline.commands.cli import main  # noqa: E402
+from pipeline.names import KIND_SWEEP, KIND_TAG  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +82,7 @@ def sweep_then_pareto(tracking_uri, shards, tmp_path, capsys, decoders: list[str
     parent_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["parent_run_id"]
     client = MlflowClient(tracking_uri)
     parent = client.get_run(parent_id)
-    assert parent.data.tags["nrd_bench.kind"] == "sweep" and parent.info.status == "FINISHED"
+    assert parent.data.tags[KIND_TAG] == KIND_SWEEP and parent.info.status == "FINISHED"
     assert json.loads(parent.data.params["objectives"]) == objectives
     assert [a.path for a in client.list_artifacts(parent_id, "space")] == ["space/space.yaml"]
     trials = children(client, parent)
@@ -206,4 +207,4 @@ def test_killed_sweep_resumes_without_rerunning_or_duplicating(shards, tmp_path,
     again = client.get_run(first_trial.info.run_id)
     assert again.info.end_time == first_trial.info.end_time  # the finished trial was not rerun
     assert all(r.info.status == "FINISHED" for r in trials)
-    assert len([r for r in runs if r.data.tags.get("nrd_bench.kind") == "sweep"]) == 1
+    assert len([r for r in runs if r.data.tags.get(KIND_TAG) == KIND_SWEEP]) == 1

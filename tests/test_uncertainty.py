@@ -1,4 +1,4 @@
-"""pipeline.uncertainty and pipeline.convergence: the bootstrap against exact enumeration of every resample of tiny
+"""pipeline.results.uncertainty and .convergence: the bootstrap against exact enumeration of every resample of tiny
 evaluations, front probability on clear cases, paired comparisons, latency intervals, Kendall's tau-b and the
 convergence flags by hand. Pure NumPy: no Ray, no MLflow."""
 
@@ -15,8 +15,8 @@ import pytest
 from nrd.errors import UnknownNameError
 from nrd.evidence import ImageCounts
 from nrd.metrics import scores_from_counts
-from pipeline.convergence import CurveInputError, curve_band, kendall_tau_b, ranking_change, rising_at_end
-from pipeline.uncertainty import (
+from pipeline.results.convergence import CurveInputError, curve_band, kendall_tau_b, ranking_change, rising_at_end
+from pipeline.results.uncertainty import (
     EXACT,
     IMAGES_ONLY,
     NO_INTERVAL,
@@ -245,7 +245,7 @@ def test_curve_band_over_seeds():
 def test_plots_are_written(tmp_path):
     from PIL import Image
 
-    from pipeline.uncertainty_plots import plot_front_uncertainty, plot_learning_curves
+    from pipeline.results.uncertainty_plots import plot_front_uncertainty, plot_learning_curves
 
     boot = bootstrap({"a": evidence(A), "better": evidence(BETTER), "logged": []}, resamples=300,
                      logged={"logged": {"mIoU": [50.0]}})  # fmt: skip

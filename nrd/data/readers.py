@@ -94,9 +94,7 @@ def pair_samples(
     ids = sorted(images.keys() | labels.keys())
     if not ids:
         raise MissingPairError(split_folder, "no image or label files found in this split")
-    return [
-        Sample(id, images.get(id) or image_path_for(id), labels.get(id) or label_path_for(id)) for id in ids
-    ]
+    return [Sample(id, images.get(id) or image_path_for(id), labels.get(id) or label_path_for(id)) for id in ids]
 
 
 class FilePairDataset(SegmentationDataset):

@@ -162,12 +162,7 @@ class NRDDecoder(Decoder):
         if not is_int(mlp_layers) or mlp_layers not in (2, 3, 4):
             raise InvalidHyperparameterError(owner, "mlp_layers", mlp_layers, "2, 3 or 4")
         stride = self.context_stride
-        if (
-            not is_int(patch_factor)
-            or patch_factor < 2
-            or patch_factor & (patch_factor - 1)
-            or stride % patch_factor
-        ):
+        if not is_int(patch_factor) or patch_factor < 2 or patch_factor & (patch_factor - 1) or stride % patch_factor:
             raise InvalidHyperparameterError(
                 owner, "patch_factor", patch_factor,
                 f"a power of two that divides the encoder output stride {stride} (8, 16 or 32 at stride 32)",

@@ -1,1 +1,2 @@
-"""One module per ``nrd-bench`` sub-command; each exposes ``register(subparsers)``."""
+"""The ``nrd-bench`` command line (``cli``): one module per sub-command, each exposing ``register(subparsers)``;
+``common`` holds what several share."""

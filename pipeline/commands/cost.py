@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-
-import yaml
 
 from nrd import DECODERS, ENCODERS, create_model
 from nrd.cost import LEVELS, measure_cost, measure_latency
 from nrd.errors import InvalidHyperparameterError
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*[xX×,]\s*(\d+)\s*", text)
-    if not match or min(int(match[1]), int(match[2])) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size HxW such as 1024x2048")
-    return int(match[1]), int(match[2])
-
-
-def parse_key_value(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. dyn_channels=32)")
-    return key.strip(), yaml.safe_load(value)
+from pipeline.commands.common import decoder_args, parse_key_value, parse_size
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,13 +19,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num-classes", type=int, default=19, help="number of classes K (default: 19)")
     parser.add_argument(
-        "--output-stride", type=int, choices=(8, 16, 32), default=None,
+        "--output-stride",
+        type=int,
+        choices=(8, 16, 32),
+        default=None,
         help="encoder output stride (default: the decoder's own, 32; 8 for deeplabv3)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--decoder-arg", dest="decoder_args", type=parse_key_value, action="append", default=[], metavar="KEY=VALUE",
-        help="decoder hyperparameter, repeatable (e.g. --decoder-arg dyn_channels=32 --decoder-arg patch_factor=16)",
-    )  # fmt: skip
+        "--decoder-arg",
+        dest="decoder_args",
+        type=parse_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="decoder hyperparameter, repeatable: DECODER.ARG=VALUE as in spaces and MLflow params (e.g. --decoder-arg "
+        "nrd.dyn_channels=32 --decoder-arg nrd.patch_factor=16); a bare ARG=VALUE is read as the chosen decoder's",
+    )
 
 
 def register(subparsers) -> None:
@@ -68,9 +61,13 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InvalidHyperparameterError("nrd-bench cost", "--batch-size", args.batch_size, "a positive integer")
     model = create_model(
-        args.decoder, args.encoder, args.num_classes, output_stride=args.output_stride, aux_head=False,
-        **dict(args.decoder_args),
-    )  # fmt: skip
+        args.decoder,
+        args.encoder,
+        args.num_classes,
+        output_stride=args.output_stride,
+        aux_head=False,
+        **decoder_args(args.decoder_args, args.decoder),
+    )
     shape = (args.batch_size, 3, *args.input)
     report = measure_cost(model, shape)
     result = report.to_dict()
@@ -82,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         "encoder": args.encoder,
         "num_classes": args.num_classes,
         "output_stride": model.encoder.output_stride,
-        "decoder_kwargs": dict(args.decoder_args),
+        "decoder_kwargs": decoder_args(args.decoder_args, args.decoder),
     }
     if args.json:
         print(json.dumps(result, indent=2))

@@ -63,8 +63,7 @@ def step(number: int, text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
-    from pipeline.cli import main as nrd_bench  # the front is printed exactly as `nrd-bench pareto` prints it
-    from pipeline.tune import tune
+    from pipeline.search.tune import tune
 
     workdir = args.workdir.absolute()
     space, data_root = args.space.absolute(), args.data_root.absolute() if args.data_root else None
@@ -87,13 +86,15 @@ def run(args: argparse.Namespace) -> int:
         base["data"] = {"val_limit": args.val_limit}
     summary = tune(str(space), dataset_dir=str(shards), name=args.name, base=base)
     if summary["errors"]:
-        print(f"warning: {summary['errors']} trial(s) failed; their logs are under {workdir / 'results'}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: {summary['errors']} trial(s) failed; their logs are under {workdir / 'results'}", file=sys.stderr
+        )
 
     step(3, "the accuracy-vs-cost Pareto front of the sweep's finished trials")
     pareto_dir = workdir / "pareto"
-    status = nrd_bench(["pareto", "--parent-run", summary["parent_run_id"], "--tracking-uri", tracking_uri,
-                        "--out", str(pareto_dir)])  # fmt: skip
+    status = args.run_command(
+        ["pareto", "--parent-run", summary["parent_run_id"], "--tracking-uri", tracking_uri, "--out", str(pareto_dir)]
+    )
     if status:
         return status
     plots = sorted(pareto_dir.glob("*.png"))

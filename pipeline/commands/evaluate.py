@@ -46,9 +46,12 @@ def register(subparsers) -> None:
         "--ignore-index", type=int, default=IGNORE_INDEX, help=f"label value never counted (default {IGNORE_INDEX})"
     )
     parser.add_argument(
-        "--trimap-widths", type=parse_widths, default=TRIMAP_WIDTHS, metavar="W,W,...",
+        "--trimap-widths",
+        type=parse_widths,
+        default=TRIMAP_WIDTHS,
+        metavar="W,W,...",
         help=f"trimap band widths in pixels (default {','.join(map(str, TRIMAP_WIDTHS))})",
-    )  # fmt: skip
+    )
     parser.add_argument("--class-names", type=Path, metavar="FILE", help="text file with one class name per line")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(handler=run)
@@ -109,9 +112,10 @@ def run(args: argparse.Namespace) -> int:
         pred, label = read_png(pred_path), read_png(label_path)
         if pred.shape != label.shape:
             raise SizeMismatchError(
-                pred_path, f"prediction is {'x'.join(map(str, pred.shape))} but label {label_path} is "
+                pred_path,
+                f"prediction is {'x'.join(map(str, pred.shape))} but label {label_path} is "
                 f"{'x'.join(map(str, label.shape))} (HxW)",
-            )  # fmt: skip
+            )
         try:
             metrics.update(pred, label)
         except MetricInputError as error:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeline.commands.submit import add_address_argument, follow_to_end
+from pipeline.commands.common import add_address_argument, follow_to_end
 
 
 def register(subparsers) -> None:
@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
 
 def show_status(args: argparse.Namespace) -> int:
-    from pipeline.submit import connect, jobs_api
+    from pipeline.jobs.submit import connect, jobs_api
 
     client = connect(args.address)
     with jobs_api(client.get_address()):
@@ -43,7 +43,7 @@ def show_status(args: argparse.Namespace) -> int:
 
 
 def show_logs(args: argparse.Namespace) -> int:
-    from pipeline.submit import connect, jobs_api
+    from pipeline.jobs.submit import connect, jobs_api
 
     client = connect(args.address)
     if args.follow:
@@ -54,7 +54,7 @@ def show_logs(args: argparse.Namespace) -> int:
 
 
 def stop_job(args: argparse.Namespace) -> int:
-    from pipeline.submit import connect, jobs_api, wait_until_done
+    from pipeline.jobs.submit import connect, jobs_api, wait_until_done
 
     client = connect(args.address)
     with jobs_api(client.get_address()):
@@ -71,7 +71,7 @@ def stop_job(args: argparse.Namespace) -> int:
 
 
 def list_jobs(args: argparse.Namespace) -> int:
-    from pipeline.submit import connect, jobs_api
+    from pipeline.jobs.submit import connect, jobs_api
 
     client = connect(args.address)
     with jobs_api(client.get_address()):

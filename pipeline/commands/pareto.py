@@ -29,9 +29,12 @@ def register(subparsers) -> None:
         "--tracking-uri", metavar="URI", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)"
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("results/pareto"), metavar="DIR",
+        "--out",
+        type=Path,
+        default=Path("results/pareto"),
+        metavar="DIR",
         help="folder for the plots, CSV files and JSON (default ./results/pareto)",
-    )  # fmt: skip
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     parser.add_argument(
         "--no-tag", action="store_true", help="leave MLflow untouched: no run tags, no artifacts (local files only)"
@@ -40,12 +43,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline import pareto  # importing mlflow and matplotlib takes seconds: only when used
-    from pipeline.tracking import resolve_tracking_uri
+    from pipeline.results import front as pareto  # importing mlflow and matplotlib takes seconds: only when used
+    from pipeline.results.plots import write_reports
+    from pipeline.training.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     groups = pareto.collect_runs(uri, args.experiment, args.parent_run, args.dataset, args.x, args.y)
-    paths = pareto.write_reports(groups, args.out.absolute())
+    paths = write_reports(groups, args.out.absolute())
     logged_to = tagged = None
     if not args.no_tag:
         tagged = pareto.tag_runs(groups)
@@ -61,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         print(pareto.format_summary(groups) + "\n")
     print(f"json: {paths['json'][0]}")
     if logged_to:
-        print(f"tagged {tagged} runs (pareto_optimal, pareto_rank, pareto_axes); files logged to run {logged_to} "
-              f"under {pareto.ARTIFACT_DIR}/")  # fmt: skip
+        print(
+            f"tagged {tagged} runs (pareto_optimal, pareto_rank, pareto_axes); files logged to run {logged_to} "
+            f"under {pareto.ARTIFACT_DIR}/"
+        )
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nrd.errors import InvalidHyperparameterError, UnknownNameError
 from nrd.inference import MODES
-from pipeline.commands.cost import parse_size
+from pipeline.commands.common import parse_size
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -36,16 +36,20 @@ def register(subparsers) -> None:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--weights", type=Path, metavar="FILE",
+        "--weights",
+        type=Path,
+        metavar="FILE",
         help="state dict written by training: the MLflow artifact weights/model.pt, or a run directory's "
         "checkpoint_*/model.pt",
-    )  # fmt: skip
+    )
     source.add_argument("--run-id", metavar="ID", help="MLflow run whose config.yaml and weights/model.pt to use")
     parser.add_argument(
-        "--config", type=Path, metavar="FILE",
+        "--config",
+        type=Path,
+        metavar="FILE",
         help="with --weights: the run's resolved config.yaml (default: the config.yaml beside the weights file or "
         "in its parent folder, as in a run directory or downloaded MLflow artifacts)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--tracking-uri", metavar="URI", help="with --run-id (default $MLFLOW_TRACKING_URI, else ./mlflow.db)"
     )
@@ -53,9 +57,11 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for labels/ and overlays/")
     parser.add_argument("--mode", default="whole", help=f"inference mode, one of {', '.join(MODES)} (default whole)")
     parser.add_argument(
-        "--crop-size", type=parse_size, metavar="HxW",
+        "--crop-size",
+        type=parse_size,
+        metavar="HxW",
         help="slide window (default: the run's training crop)",
-    )  # fmt: skip
+    )
     parser.add_argument("--stride", type=parse_size, metavar="HxW", help="slide stride (default 2/3 of the crop)")
     parser.add_argument(
         "--scales", type=parse_scales, metavar="S,S,...", help="msflip scales (default 0.5,0.75,1,1.25,1.5,1.75)"
@@ -66,7 +72,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline import predict
+    from pipeline.results import predict
 
     if args.mode not in MODES:
         raise UnknownNameError("inference mode", args.mode, MODES)
@@ -76,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     images = predict.find_images(args.input, exclude=args.out)
     with tempfile.TemporaryDirectory() as downloads:
         if args.run_id:
-            from pipeline.tracking import resolve_tracking_uri
+            from pipeline.training.tracking import resolve_tracking_uri
 
             uri = resolve_tracking_uri(args.tracking_uri)
             config_path, weights = predict.download_run_files(uri, args.run_id, Path(downloads))

@@ -9,10 +9,15 @@ import os
 from nrd.data import DATASETS, create_dataset, prepare_shards
 from nrd.data.synthetic import DEFAULT_NUM_SAMPLES
 from nrd.errors import InvalidHyperparameterError
-from pipeline.commands.cost import parse_size
+from pipeline.commands.common import parse_size
 
-SYNTHETIC_FLAGS = {"num_train": "--num-train", "num_val": "--num-val", "size": "--size",
-                   "num_classes": "--num-classes", "seed": "--seed"}  # fmt: skip
+SYNTHETIC_FLAGS = {
+    "num_train": "--num-train",
+    "num_val": "--num-val",
+    "size": "--size",
+    "num_classes": "--num-classes",
+    "seed": "--seed",
+}
 
 
 def register(subparsers) -> None:
@@ -67,9 +72,15 @@ def run(args: argparse.Namespace) -> int:
         expected = f"comma-separated splits of {args.dataset} ({', '.join(dataset.splits)})"
         raise InvalidHyperparameterError("nrd-bench prepare", "--splits", args.splits, expected)
     manifest = prepare_shards(
-        dataset, args.out, splits=splits, shard_size=args.shard_size, skip_bad=args.skip_bad, limit=args.limit,
-        workers=args.workers, progress=not args.quiet,
-    )  # fmt: skip
+        dataset,
+        args.out,
+        splits=splits,
+        shard_size=args.shard_size,
+        skip_bad=args.skip_bad,
+        limit=args.limit,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
     counts = ", ".join(f"{split} {entry['count']}" for split, entry in manifest["splits"].items())
     print(f"prepared {manifest['dataset']} in {args.out}: {counts} samples")
     if manifest["skipped"]:

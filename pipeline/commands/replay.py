@@ -24,7 +24,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.tracking import replay, resolve_tracking_uri  # importing mlflow takes seconds: only when used
+    from pipeline.training.logger import replay
+    from pipeline.training.tracking import resolve_tracking_uri  # importing mlflow takes seconds: only when used
 
     uri = resolve_tracking_uri(args.tracking_uri) if args.tracking_uri else None
     counts = replay(args.file, uri)

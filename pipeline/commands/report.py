@@ -30,8 +30,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline import report  # importing mlflow takes seconds: only when used
-    from pipeline.tracking import resolve_tracking_uri
+    from pipeline.results import report  # importing mlflow takes seconds: only when used
+    from pipeline.training.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     scope, reports = report.collect_report(uri, args.experiment, args.dataset)

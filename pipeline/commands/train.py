@@ -5,39 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.commands.cost import parse_key_value, parse_size
-from pipeline.config import TrainConfig, load_yaml, merge
-
-# flag dest → (config section, key)
-FLAG_KEYS = {
-    "dataset_dir": ("data", "dataset_dir"),
-    "crop_size": ("data", "crop_size"),
-    "val_limit": ("data", "val_limit"),
-    "eval_msflip": ("data", "eval_msflip"),
-    "decoder": ("model", "decoder"),
-    "encoder": ("model", "encoder"),
-    "num_classes": ("model", "num_classes"),
-    "output_stride": ("model", "output_stride"),
-    "iterations": ("schedule", "iterations"),
-    "batch_size": ("schedule", "batch_size"),
-    "lr": ("schedule", "lr"),
-    "warmup_iterations": ("schedule", "warmup_iterations"),
-    "aux_weight": ("schedule", "aux_weight"),
-    "log_interval": ("schedule", "log_interval"),
-    "eval_interval": ("schedule", "eval_interval"),
-    "checkpoint_interval": ("schedule", "checkpoint_interval"),
-    "seed": ("schedule", "seed"),
-    "workers": ("scaling", "workers"),
-    "gpus_per_worker": ("scaling", "gpus_per_worker"),
-    "cpus_per_worker": ("scaling", "cpus_per_worker"),
-    "gpu_wait": ("scaling", "gpu_wait"),
-    "storage_path": ("run", "storage_path"),
-    "name": ("run", "name"),
-    "max_failures": ("run", "max_failures"),
-    "tracking_uri": ("run", "tracking_uri"),
-    "experiment": ("run", "experiment"),
-    "tracking_timeout": ("run", "tracking_timeout"),
-}
+from pipeline.commands.common import decoder_args, parse_key_value, parse_size
+from pipeline.config import ALIASES, TrainConfig, load_yaml, merge, nest
 
 
 def register(subparsers) -> None:
@@ -58,18 +27,26 @@ def register(subparsers) -> None:
     group.add_argument("--crop-size", type=parse_size, metavar="HxW", help="training crop (default: dataset preset)")
     group.add_argument("--val-limit", type=int, help="evaluate on the first N val samples only")
     group.add_argument(
-        "--eval-msflip", action="store_true", default=None,
+        "--eval-msflip",
+        action="store_true",
+        default=None,
         help="after the last iteration, also evaluate with multi-scale + flip inference (mIoU_msflip)",
-    )  # fmt: skip
+    )
     group = parser.add_argument_group("model")
     group.add_argument("--decoder", help="decoder name (default nrd)")
     group.add_argument("--encoder", help="encoder name (default resnet50_v1c)")
     group.add_argument("--num-classes", type=int, help="default: from the prepared data set")
     group.add_argument("--output-stride", type=int, choices=(8, 16, 32))
     group.add_argument(
-        "--decoder-arg", dest="decoder_args", type=parse_key_value, action="append", default=[], metavar="KEY=VALUE",
-        help="decoder hyperparameter, repeatable (e.g. --decoder-arg dyn_channels=32)",
-    )  # fmt: skip
+        "--decoder-arg",
+        dest="decoder_args",
+        type=parse_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="decoder hyperparameter, repeatable: DECODER.ARG=VALUE as in spaces and MLflow params (e.g. "
+        "--decoder-arg nrd.dyn_channels=32); a bare ARG=VALUE is read as the chosen decoder's",
+    )
     group = parser.add_argument_group("schedule")
     group.add_argument("--iterations", type=int)
     group.add_argument("--batch-size", type=int, help="global batch size (split evenly over the workers)")
@@ -85,9 +62,11 @@ def register(subparsers) -> None:
     group.add_argument("--gpus-per-worker", type=float, help="0 (default) trains on CPU with gloo")
     group.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (default 1)")
     group.add_argument(
-        "--gpu-wait", type=float, metavar="SECONDS",
+        "--gpu-wait",
+        type=float,
+        metavar="SECONDS",
         help="on a cluster that lacks the GPUs, how long to let the autoscaler add them before refusing (default 600)",
-    )  # fmt: skip
+    )
     group = parser.add_argument_group("run")
     group.add_argument(
         "--storage-path", help="folder for checkpoints and results (default ./results); on a cluster, a shared one"
@@ -97,34 +76,38 @@ def register(subparsers) -> None:
     group.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite)")
     group.add_argument("--experiment", help="MLflow experiment (default nrd-bench)")
     group.add_argument(
-        "--tracking-timeout", type=float, metavar="SECONDS",
+        "--tracking-timeout",
+        type=float,
+        metavar="SECONDS",
         help="at the end, how long to wait for an unreachable MLflow before failing with the buffer files to replay "
         "(default 300)",
-    )  # fmt: skip
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.set_defaults(handler=run)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    base = load_yaml(args.config) if args.config else {}
-    overrides: dict[str, dict] = {}
-    for dest, (section, key) in FLAG_KEYS.items():
-        value = getattr(args, dest)
-        if value is not None:
-            overrides.setdefault(section, {})[key] = list(value) if isinstance(value, tuple) else value
-    if args.decoder_args:
-        overrides.setdefault("model", {})["decoder_kwargs"] = dict(args.decoder_args)
-    return TrainConfig.from_dict(merge(base, overrides), source=args.config or "command line")
+    """--config, then the flags (``pipeline.config.ALIASES``: flag dest → setting), then --decoder-arg values."""
+    source = args.config or "command line"
+    config = load_yaml(args.config) if args.config else {}
+    flags = {key: getattr(args, dest, None) for dest, key in ALIASES.items()}
+    flat = {
+        key: list(value) if isinstance(value, tuple) else value for key, value in flags.items() if value is not None
+    }
+    decoder = flat.get("model.decoder") or (config.get("model") or {}).get("decoder") or TrainConfig().model.decoder
+    flat |= {f"{decoder}.{argument}": value for argument, value in decoder_args(args.decoder_args, decoder).items()}
+    return TrainConfig.from_dict(merge(config, nest(flat, decoder)), source=source)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.train import resolve, train
+    from pipeline.config import resolve
+    from pipeline.training.run import train
 
-    config = config_from_args(args)
+    config, manifest = resolve(config_from_args(args))
     if args.dry_run:
-        print(json.dumps(resolve(config)[0].to_dict(), indent=2))
+        print(json.dumps(config.to_dict(), indent=2))
         return 0
 
-    result = train(config, address=args.address)
+    result = train(config, manifest, address=args.address)
     print(json.dumps({"run_id": result["run_id"], "directory": result["directory"], **result["metrics"]}, default=str))
     return 0

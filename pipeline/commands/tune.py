@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.tune import tune
+    from pipeline.search.tune import tune
 
     run_settings = {
         key: value
@@ -40,8 +40,12 @@ def run(args: argparse.Namespace) -> int:
         if value is not None
     }
     summary = tune(
-        args.space, dataset_dir=args.dataset_dir, name=args.name, resume=args.resume,
-        base={"run": run_settings} if run_settings else None, address=args.address,
-    )  # fmt: skip
+        args.space,
+        dataset_dir=args.dataset_dir,
+        name=args.name,
+        resume=args.resume,
+        base={"run": run_settings} if run_settings else None,
+        address=args.address,
+    )
     print(json.dumps(summary))
     return 0

@@ -17,19 +17,31 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from pipeline.config import ConfigError, TrainConfig, merge
-from pipeline.spaces import SearchSpace, load_space
-from pipeline.train import FINISHED_MARKER, RESULT_FILE, RUN_RECORD, resolve, start_ray, train
-
-SWEEP_RECORD = "sweep.json"
-SWEEP_KIND_TAG = "nrd_bench.kind"
-KEY_SEPARATOR = "__"  # stands for "." in Tune's parameter names
+from pipeline.config import ConfigError, TrainConfig, canonical_key, check_model, is_decoder_argument, merge, resolve
+from pipeline.names import (
+    DRIVER_BUFFER,
+    FINISHED_MARKER,
+    ITERATION,
+    KIND_SWEEP,
+    KIND_TAG,
+    RUN_RECORD,
+    STOPPED_EARLY_TAG,
+    SWEEP_BUFFER,
+    SWEEP_RECORD,
+    SWEEP_TAG,
+    TRIAL_ID_TAG,
+    TRIAL_VALUES_TAG,
+)
+from pipeline.search.spaces import SearchSpace, load_space
+from pipeline.training.checkpoints import read_result
+from pipeline.training.cluster import start_ray
+from pipeline.training.run import train
+from pipeline.training.tracking import open_run, resolve_tracking_uri
 
 
 def tune_distribution(kind: str, arguments: Any):
@@ -46,60 +58,64 @@ def tune_distribution(kind: str, arguments: Any):
 
 
 def param_space(space: SearchSpace) -> dict[str, Any]:
-    # Tune and its searchers treat "." and "/" in keys as nesting; keep our dotted keys flat by encoding them.
-    return {encode_key(key): tune_distribution(kind, arguments) for key, (kind, arguments) in space.space.items()}
+    """Ray Tune's parameters, named with the flat names of ``pipeline.config`` (``nrd.dyn_channels``): no "/", which
+    Tune and Optuna read as nesting."""
+    return {key: tune_distribution(kind, arguments) for key, (kind, arguments) in space.space.items()}
 
 
-def encode_key(key: str) -> str:
-    return key.replace(".", KEY_SEPARATOR)
+def trial_config(
+    space: SearchSpace, base: TrainConfig, sampled: dict[str, Any], trial_id: str, sweep: dict
+) -> TrainConfig:
+    """The sweep's resolved config with the space's fixed values and this trial's ``sampled`` ones, run as
+    ``trial_id`` under the sweep's folder and MLflow run; its model checked (``check_model``)."""
+    source = f"{space.path} trial {trial_id}"
+    run = {
+        "run.name": trial_id,
+        "run.storage_path": str(Path(sweep["directory"]) / "trials"),
+        "run.tracking_uri": sweep["tracking_uri"],  # the driver's, resolved: a trial's working directory is elsewhere
+        "run.max_failures": 0,
+    }
+    # The base holds the fixed values already; those of the decoder's hyperparameters go again, since the trial's
+    # decoder may differ from the base's (updated drops the hyperparameters of another decoder).
+    hyperparameters = {key: value for key, value in space.fixed.items() if is_decoder_argument(key)}
+    return check_model(base.updated({**hyperparameters, **sampled, **run}, source))
 
 
-def decode_key(key: str) -> str:
-    return key.replace(KEY_SEPARATOR, ".")
-
-
-def run_trial(sampled: dict[str, Any], space: SearchSpace, base: dict[str, Any], sweep: dict[str, str]) -> None:
+def run_trial(
+    sampled: dict[str, Any], space: SearchSpace, base: TrainConfig, manifest: dict, sweep: dict[str, str]
+) -> None:
     """The Tune function trainable: one training run with this trial's values, as a child MLflow run."""
     import ray.tune
     from mlflow import MlflowClient
 
-    from pipeline.tracking import RunLogger
+    from pipeline.training.logger import RunLogger
 
-    context = ray.tune.get_context()
-    trial_id = context.get_trial_id()
-    values = {decode_key(key): value for key, value in sampled.items()}
-    config = TrainConfig.from_dict(merge(base, space.trial_overrides(values)), source=f"{space.path} trial {trial_id}")
-    run = replace(
-        config.run,
-        name=trial_id,
-        storage_path=str(Path(sweep["directory"]) / "trials"),
-        tracking_uri=sweep["tracking_uri"],  # the driver's, resolved: a trial's working directory is elsewhere
-        max_failures=0,
-    )
-    config = replace(config, run=run)
-    directory = Path(run.storage_path) / run.name
+    trial_id = ray.tune.get_context().get_trial_id()
+    values = {canonical_key(key, space.path): value for key, value in sampled.items()}  # old sweeps: nrd__arg
+    config = trial_config(space, base, values, trial_id, sweep)
+    directory = Path(config.run.storage_path) / config.run.name
     if (directory / FINISHED_MARKER).exists():  # finished before the sweep's driver could record it: report again
         record = json.loads((directory / RUN_RECORD).read_text())
-        logger = RunLogger(record["tracking_uri"], record["run_id"], str(directory / "mlflow-driver-buffer.jsonl"))
+        logger = RunLogger(record["tracking_uri"], record["run_id"], str(directory / DRIVER_BUFFER))
         if MlflowClient(record["tracking_uri"]).get_run(record["run_id"]).info.status == "RUNNING":
             logger.close(status="FINISHED")  # killed between the marker and closing the run
-        ray.tune.report(json.loads((directory / RESULT_FILE).read_text()))
+        ray.tune.report(read_result(directory))
         return
-    tags = {"trial_id": trial_id, "sweep": sweep["name"], "trial_values": json.dumps(values, default=str)}
-    train(config, parent_run_id=sweep["run_id"], extra_tags=tags, in_tune_trial=True)
+    tags = {TRIAL_ID_TAG: trial_id, SWEEP_TAG: sweep["name"], TRIAL_VALUES_TAG: json.dumps(values, default=str)}
+    train(config, manifest, parent_run_id=sweep["run_id"], extra_tags=tags, in_tune_trial=True)
 
 
 def start_sweep(space: SearchSpace, base_config: TrainConfig, directory: Path, name: str) -> dict[str, str]:
-    """The sweep's parent MLflow run: created once, found again on resume."""
-    from pipeline import tracking
+    """The sweep's parent MLflow run: created once (with the search settings as params and the space file as an
+    artifact), found again on resume."""
+    from pipeline.training.logger import RunLogger
 
-    record_path = directory / SWEEP_RECORD
-    uri = tracking.resolve_tracking_uri(base_config.run.tracking_uri)
-    if record := tracking.recorded_run(record_path, uri):
+    uri = resolve_tracking_uri(base_config.run.tracking_uri)
+    record, created = open_run(directory / SWEEP_RECORD, uri, base_config.run.experiment, name, {KIND_TAG: KIND_SWEEP})
+    record = record | {"name": name, "directory": str(directory)}
+    if not created:
         return record
-    experiment_id = tracking.ensure_experiment(uri, base_config.run.experiment)
-    run_id = tracking.create_run(uri, experiment_id, name, tags={SWEEP_KIND_TAG: "sweep"})
-    logger = tracking.RunLogger(uri, run_id, str(directory / "mlflow-sweep-buffer.jsonl"))
+    logger = RunLogger(uri, record["run_id"], str(directory / SWEEP_BUFFER))
     search = space.search
     logger.log_params(
         {
@@ -114,9 +130,6 @@ def start_sweep(space: SearchSpace, base_config: TrainConfig, directory: Path, n
     )
     logger.log_artifact(space.path, "space")
     logger.flush()
-    record = {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "name": name,
-              "directory": str(directory)}  # fmt: skip
-    tracking.save_run_record(record_path, record)
     return record
 
 
@@ -139,17 +152,25 @@ def tune_config(space: SearchSpace):
         from ray.tune.search.optuna import OptunaSearch
 
         searcher = OptunaSearch(metric=list(search.objectives), mode=list(search.objectives.values()), seed=0)
-        return tune.TuneConfig(search_alg=searcher, num_samples=search.num_samples,
-                               max_concurrent_trials=search.max_concurrent)  # fmt: skip
+        return tune.TuneConfig(
+            search_alg=searcher, num_samples=search.num_samples, max_concurrent_trials=search.max_concurrent
+        )
     metric, mode = next(iter(search.objectives.items()))
     scheduler = None
     if search.scheduler == "asha":
         scheduler = ASHA(
-            time_attr="iteration", max_t=search.iterations, grace_period=search.grace_period,
+            time_attr=ITERATION,
+            max_t=search.iterations,
+            grace_period=search.grace_period,
             reduction_factor=search.reduction_factor,
-        )  # fmt: skip
-    return tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, num_samples=search.num_samples,
-                           max_concurrent_trials=search.max_concurrent)  # fmt: skip
+        )
+    return tune.TuneConfig(
+        metric=metric,
+        mode=mode,
+        scheduler=scheduler,
+        num_samples=search.num_samples,
+        max_concurrent_trials=search.max_concurrent,
+    )
 
 
 def close_stopped_trials(record: dict[str, str], results) -> None:
@@ -160,11 +181,11 @@ def close_stopped_trials(record: dict[str, str], results) -> None:
     children = client.search_runs(
         [record["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{record['run_id']}'"
     )
-    failed = {result.metrics.get("trial_id") for result in results if result.error}
+    failed = {result.metrics.get("trial_id") for result in results if result.error}  # Tune's own trial id
     for child in children:
         if child.info.status == "RUNNING":
-            status = "FAILED" if child.data.tags.get("trial_id") in failed else "KILLED"
-            client.set_tag(child.info.run_id, "stopped_early", "true" if status == "KILLED" else "false")
+            status = "FAILED" if child.data.tags.get(TRIAL_ID_TAG) in failed else "KILLED"
+            client.set_tag(child.info.run_id, STOPPED_EARLY_TAG, "true" if status == "KILLED" else "false")
             client.set_terminated(child.info.run_id, status)
 
 
@@ -183,7 +204,7 @@ def tune(
     space = load_space(space_path)
     overrides = {"data": {"dataset_dir": dataset_dir}} if dataset_dir else {}
     base_dict = merge(merge(base or {}, space.trial_overrides({})), overrides)
-    base_config, _ = resolve(TrainConfig.from_dict(base_dict, source=space_path))
+    base_config, manifest = resolve(TrainConfig.from_dict(base_dict, source=space_path))  # once for the sweep
     name = name or Path(space_path).stem
     storage = Path(base_config.run.storage_path)
     directory = storage / name
@@ -193,9 +214,7 @@ def tune(
     available = ray.cluster_resources().get("CPU", 0)
     load_space(space_path, available_cpus=available)  # resources the cluster cannot give
     record = start_sweep(space, base_config, directory, name)
-    trainable = ray_tune.with_parameters(
-        run_trial, space=space, base=base_config.to_dict(), sweep=record
-    )
+    trainable = ray_tune.with_parameters(run_trial, space=space, base=base_config, manifest=manifest, sweep=record)
     trainable = ray_tune.with_resources(trainable, space.search.trial_resources())
     started = time.perf_counter()
     if ray_tune.Tuner.can_restore(str(directory)):
@@ -210,9 +229,9 @@ def tune(
         )
     results = tuner.fit()
     close_stopped_trials(record, results)
-    from pipeline.tracking import RunLogger
+    from pipeline.training.logger import RunLogger
 
-    RunLogger(record["tracking_uri"], record["run_id"], str(directory / "mlflow-sweep-buffer.jsonl")).close()
+    RunLogger(record["tracking_uri"], record["run_id"], str(directory / SWEEP_BUFFER)).close()
     summary = {
         "parent_run_id": record["run_id"],
         "experiment_id": record["experiment_id"],

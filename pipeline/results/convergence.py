@@ -2,7 +2,7 @@
 configurations changed at the last evaluation (Kendall's tau-b). Pure NumPy; the curves come from the callers.
 
 A front read at a budget where some decoder is still far from converged ranks learning speed, not quality: these
-flags say so next to the front (``pipeline.uncertainty`` gives its intervals)."""
+flags say so next to the front (``pipeline.results.uncertainty`` gives its intervals)."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ import numpy as np
 from nrd.errors import NRDBenchError, UnknownNameError
 from nrd.evidence import ImageCounts
 from nrd.metrics import scores_from_counts
-from pipeline.pareto import pareto_front
+from pipeline.results.front import pareto_front
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -216,7 +216,7 @@ def bootstrap(
 # ----------------------------------------------------------------------------------- front probability, pairs
 def front_probability(boot: Bootstrap, costs: Mapping[str, float | None], metric: str = "mIoU") -> dict:
     """``{key: share of replicates in which the configuration is on the Pareto front}`` (x = ``costs[key]``, exact,
-    minimised; y = its replicate ``metric``, maximised; the rules of ``pipeline.pareto.pareto_front``), over every
+    minimised; y = its replicate ``metric``, maximised; the rules of ``front.pareto_front``), over every
     configuration of ``costs``. A configuration without replicates (no per-image counts) takes part with its
     fixed value but gets None, as does one lacking a cost or a value."""
     unknown = sorted(set(costs) - set(boot.estimates))

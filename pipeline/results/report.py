@@ -1,12 +1,12 @@
 """Results tables: the best finished run per decoder × encoder, per data set, read from MLflow.
 
-Selection (also written beside the tables as JSON, see ``criteria``): the runs are those ``pipeline.pareto.
-collect_runs`` reads (the experiment's training runs; sweep/pareto bookkeeping runs and runs with child runs left
-out), grouped by their ``dataset`` tag, then by their ``decoder`` and ``encoder`` tags. Only FINISHED runs that have
-the ranking metric (``mIoU``, the last value logged: the final evaluation) compete; the highest wins, ties going to
-the run name, then the run id, in alphabetical order. Each winner is one row: its accuracy and cost metrics (empty
-where the run lacks one), the input size its cost was counted at (``eval_input`` tag), the device it trained and was
-timed on, the commit it ran, its run id, and how many runs competed.
+Selection (also written beside the tables as JSON, see ``criteria``): the runs are those of the run catalogue
+(``pipeline.results.catalogue``: the experiment's training runs; sweep/pareto bookkeeping runs and runs with child
+runs left out), grouped by their ``dataset`` tag, then by their ``decoder`` and ``encoder`` tags. Only FINISHED runs
+that have the ranking metric (``mIoU``, the last value logged: the final evaluation) compete; the highest wins, ties
+going to the run name, then the run id, in alphabetical order. Each winner is one row: its accuracy and cost metrics
+(empty where the run lacks one), the input size its cost was counted at (``eval_input`` tag), the device it trained
+and was timed on, the commit it ran, its run id, and how many runs competed.
 
 Per data set ``report_<dataset>.csv`` (full-precision values) and ``report_<dataset>.md`` (rounded), and one
 ``report_criteria.json``, all written atomically.
@@ -22,15 +22,14 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from nrd.errors import UnknownNameError
 from pipeline.files import write_atomic
-from pipeline.pareto import DatasetRuns, RunPoint, Scope, _slug, collect_runs
-from pipeline.tracking import _mlflow_call
+from pipeline.names import COMMIT_TAG, DEVICE_TAG, EVAL_INPUT_TAG, MIOU, MIOU_MSFLIP
+from pipeline.results.catalogue import RunPoint, Scope, read_catalogue, run_point, slug
+from pipeline.training.tracking import mlflow_call
 
-RANK_METRIC = "mIoU"
-# The ms+flip evaluation's metric. Training logs single-scale metrics only, so the column stays empty until a run
-# carries this metric.
-MSFLIP_METRIC = "mIoU_msflip"
+RANK_METRIC = MIOU
+# The ms+flip evaluation's metric: logged by runs with data.eval_msflip, the column stays empty for the others.
+MSFLIP_METRIC = MIOU_MSFLIP
 COMMIT_CHARS = 12  # of the commit hash in the Markdown table (the CSV has it whole)
 
 
@@ -56,11 +55,11 @@ COLUMNS = (
     Column("mBIoU", "mBIoU", metric="mBIoU", digits=2),
     Column("gmacs_model", "GMACs model", metric="gmacs_model", digits=2),
     Column("gmacs_decoder", "GMACs decoder", metric="gmacs_decoder", digits=2),
-    Column("eval_input", "input (NxCxHxW)", tag="eval_input"),
+    Column("eval_input", "input (NxCxHxW)", tag=EVAL_INPUT_TAG),
     Column("params_m", "params (M)", metric="params_m", digits=2),
     Column("latency_p50_ms", "latency p50 (ms)", metric="latency_p50_ms", digits=1),
-    Column("device", "device", tag="device_type"),
-    Column("commit", "commit", tag="git_commit"),
+    Column("device", "device", tag=DEVICE_TAG),
+    Column("commit", "commit", tag=COMMIT_TAG),
     Column("run_id", "run id"),
     Column("run_name", "run name"),
     Column("competing_runs", "runs"),
@@ -91,11 +90,11 @@ class DatasetReport:
         return sum(row["competing_runs"] for row in self.rows) + len(self.lacking)
 
 
-def best_points(runs: DatasetRuns) -> list[tuple[RunPoint, int]]:
+def best_points(points: list[RunPoint]) -> list[tuple[RunPoint, int]]:
     """The winning run of each (decoder, encoder) pair of a data set with the number of runs that competed, sorted
-    by decoder then encoder. The runs compete on ``y`` (``runs.points`` have it; collect them with y=mIoU)."""
+    by decoder then encoder. The runs compete on ``y`` (the ranking metric, which every point has)."""
     pairs: dict[tuple[str, str], list[RunPoint]] = {}
-    for point in runs.points:
+    for point in points:
         pairs.setdefault((point.decoder, point.encoder), []).append(point)
     winners = []
     for pair in sorted(pairs):
@@ -110,19 +109,19 @@ def collect_report(
     """Read the finished runs of ``experiment`` (default nrd-bench), only those of ``dataset`` when given, and
     build each data set's rows (the selection rules are in the module docstring). The errors of ``collect_runs``
     (unknown experiment or data set, nothing finished, no run with mIoU) pass through."""
-    try:
-        groups = collect_runs(tracking_uri, experiment, dataset=dataset, x=RANK_METRIC, y=RANK_METRIC)
-    except UnknownNameError as error:
-        if error.name != RANK_METRIC:
-            raise
-        raise UnknownNameError("ranking metric (no finished run has it)", RANK_METRIC, error.valid) from None
-    scope = next(iter(groups.values())).scope
+    catalogue = read_catalogue(tracking_uri, experiment, dataset=dataset)
+    catalogue.require_metric(RANK_METRIC, "ranking metric (no finished run has it)")
     reports = {}
-    with _mlflow_call(tracking_uri):
+    with mlflow_call(tracking_uri):
         client = MlflowClient(tracking_uri)
-        for name, runs in groups.items():
+        for name in catalogue.datasets():
+            runs = catalogue.of_dataset(name)
+            points = [run_point(run, None, RANK_METRIC) for run in runs if run.info.status == "FINISHED"]
+            ranked = [point for point in points if point.y is not None]
+            lacking = [point for point in points if point.y is None]
+            unfinished = [run_point(run, None, RANK_METRIC) for run in runs if run.info.status != "FINISHED"]
             rows = []
-            for point, competing in best_points(runs):
+            for point, competing in best_points(ranked):
                 data = client.get_run(point.run_id).data
                 row: dict[str, object] = {}
                 for column in COLUMNS:
@@ -130,11 +129,17 @@ def collect_report(
                         row[column.name] = data.metrics.get(column.metric)
                     elif column.tag:
                         row[column.name] = data.tags.get(column.tag)
-                row |= {"dataset": name, "decoder": point.decoder, "encoder": point.encoder, "run_id": point.run_id,
-                        "run_name": point.run_name, "competing_runs": competing}  # fmt: skip
+                row |= {
+                    "dataset": name,
+                    "decoder": point.decoder,
+                    "encoder": point.encoder,
+                    "run_id": point.run_id,
+                    "run_name": point.run_name,
+                    "competing_runs": competing,
+                }
                 rows.append(row)
-            reports[name] = DatasetReport(name, rows, runs.missing, runs.unfinished)
-    return scope, reports
+            reports[name] = DatasetReport(name, rows, lacking, unfinished)
+    return catalogue.scope, reports
 
 
 def to_csv(report: DatasetReport) -> str:
@@ -189,7 +194,7 @@ def to_markdown(report: DatasetReport, scope: Scope) -> str:
 
 def report_paths(dataset: str, out: Path) -> tuple[Path, Path]:
     """(CSV, Markdown) paths of ``dataset``'s tables in ``out``."""
-    stem = f"report_{_slug(dataset)}"
+    stem = f"report_{slug(dataset)}"
     return out / f"{stem}.csv", out / f"{stem}.md"
 
 

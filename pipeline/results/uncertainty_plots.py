@@ -1,4 +1,4 @@
-"""Pictures of ``pipeline.uncertainty``'s results: learning curves with their band over seeds, and a front with
+"""Pictures of ``pipeline.results.uncertainty``'s results: learning curves with their band over seeds, and a front with
 interval whiskers and points shaded by front probability. Matplotlib through its Agg canvas (no pyplot state);
 PNGs written atomically."""
 
@@ -13,10 +13,10 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from pipeline.convergence import CurveBand
 from pipeline.files import write_atomic
-from pipeline.pareto import pareto_front
-from pipeline.uncertainty import Estimate
+from pipeline.results.convergence import CurveBand
+from pipeline.results.front import pareto_front
+from pipeline.results.uncertainty import Estimate
 
 
 def _save(figure: Figure, path: Path) -> None:

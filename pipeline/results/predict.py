@@ -3,10 +3,10 @@
 A model is a resolved ``config.yaml`` (written beside every training run and logged to its MLflow run) plus a state
 dict (``model.pt``: the run's MLflow artifact ``weights/model.pt``, or the one in a checkpoint folder of the run
 directory). Images are prepared exactly as training's evaluation prepares the val split (``ValTransform()`` of
-``pipeline.train.decode_val``: ImageNet normalisation at the original size, no resize, zero padding to a multiple of
-32) and predicted with one of ``nrd.inference.MODES`` through ``nrd.inference.predict_to_label`` (scores cropped back
-to the image) under bf16 autocast on CUDA (as training evaluates there) and fp32 elsewhere, so ``whole`` reproduces
-training's evaluation pixel for pixel.
+``pipeline.training.ingest.decode_val``: ImageNet normalisation at the original size, no resize, zero padding to a
+multiple of 32) and predicted with one of ``nrd.inference.MODES`` through ``nrd.inference.predict_to_label``
+(scores cropped back to the image) under bf16 autocast on CUDA (as training evaluates there) and fp32 elsewhere, so
+``whole`` reproduces training's evaluation pixel for pixel.
 
 Written under the output folder, for an input file ``a/b.jpg`` (its path relative to the input folder):
 
@@ -32,15 +32,15 @@ from nrd.errors import InvalidHyperparameterError, WeightsMismatchError
 from nrd.inference import predict_to_label
 from pipeline.config import FROM_DATA, ConfigError, TrainConfig, load_yaml
 from pipeline.files import write_atomic
-from pipeline.train import CHECKPOINT_WEIGHTS, colourise
+from pipeline.names import CHECKPOINT_WEIGHTS, CONFIG_FILE, WEIGHTS_ARTIFACT_DIR
+from pipeline.training.pictures import colourise
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LABELS_DIR = "labels"
 OVERLAYS_DIR = "overlays"
-CONFIG_FILE = "config.yaml"
-# where training logs the config and the final weights in its MLflow run (pipeline.train.train and finish)
+# where training logs the config and the final weights in its MLflow run (pipeline.training.run and .evaluation)
 CONFIG_ARTIFACT = CONFIG_FILE
-WEIGHTS_FOLDER = "weights"
+WEIGHTS_FOLDER = WEIGHTS_ARTIFACT_DIR
 WEIGHTS_ARTIFACT = f"{WEIGHTS_FOLDER}/{CHECKPOINT_WEIGHTS}"
 GOLDEN_RATIO_CONJUGATE = 0.618033988749895
 
@@ -254,9 +254,9 @@ def download_run_files(tracking_uri: str, run_id: str, directory: Path) -> tuple
     and return their local paths. An unknown run, or a run lacking either file, is a named error."""
     from mlflow import MlflowClient
 
-    from pipeline.tracking import _mlflow_call
+    from pipeline.training.tracking import mlflow_call
 
-    with _mlflow_call(tracking_uri):
+    with mlflow_call(tracking_uri):
         client = MlflowClient(tracking_uri)
         client.get_run(run_id)  # an unknown id fails here, naming it
         present = [item.path for item in client.list_artifacts(run_id)]

@@ -14,6 +14,7 @@ neither variable set, Ray's client applies its own rules (``RAY_AUTH_MODE=token`
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -43,10 +44,32 @@ TRACKING_ENV = "MLFLOW_TRACKING_URI"
 FORWARDED_ENV = (TRACKING_ENV,)
 # gitignore-style patterns relative to the working dir; a leading "/" anchors at its top, so nrd/data/ still ships
 DEFAULT_EXCLUDES = (
-    ".git/", ".venv/", "/venv/", "/env/", ".env", "__pycache__/", "*.pyc", ".pytest_cache/", ".ruff_cache/",
-    ".mypy_cache/", ".ipynb_checkpoints/", "*.egg-info/", "/build/", "/dist/", "/data/", "/shards/", "/results/",
-    "/demo/", "mlruns/", "mlartifacts/", "mlflow.db", "*.pt", "*.pth", "*.ckpt", "*.parquet",
-)  # fmt: skip
+    ".git/",
+    ".venv/",
+    "/venv/",
+    "/env/",
+    ".env",
+    "__pycache__/",
+    "*.pyc",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    ".mypy_cache/",
+    ".ipynb_checkpoints/",
+    "*.egg-info/",
+    "/build/",
+    "/dist/",
+    "/data/",
+    "/shards/",
+    "/results/",
+    "/demo/",
+    "mlruns/",
+    "mlartifacts/",
+    "mlflow.db",
+    "*.pt",
+    "*.pth",
+    "*.ckpt",
+    "*.parquet",
+)
 CONNECT_TIMEOUT_S = 10.0
 DEFAULT_DASHBOARD_PORT = 8265
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -99,9 +122,10 @@ def resolve_address(address: str | None) -> tuple[str, str]:
     return url.rstrip("/"), source
 
 
-def build_entrypoint(argv: Sequence[str], raw: bool = False) -> str:
-    """The shell command of the job. Unless ``raw``, ``argv`` must be ``nrd-bench COMMAND ...`` and parse with the
-    real ``nrd-bench`` parser here, so a typo fails now rather than after the upload."""
+def build_entrypoint(argv: Sequence[str], raw: bool = False, parser: argparse.ArgumentParser | None = None) -> str:
+    """The shell command of the job. Unless ``raw``, ``argv`` must be ``nrd-bench COMMAND ...`` and, given the real
+    ``nrd-bench`` ``parser`` (the command line passes its own), parse with it, so a typo fails now rather than after
+    the upload."""
     argv = list(argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -113,10 +137,9 @@ def build_entrypoint(argv: Sequence[str], raw: bool = False) -> str:
                 f"the entrypoint {shlex.join(argv)!r} is not an nrd-bench command; submit `nrd-bench train|tune|... "
                 "ARGS`, or pass --raw to run any command"
             )
-        from pipeline.cli import build_parser
-
         try:
-            build_parser().parse_args(argv[1:])
+            if parser is not None:
+                parser.parse_args(argv[1:])
         except SystemExit:  # argparse printed why
             raise EntrypointError(f"the entrypoint {shlex.join(argv)!r} is not a valid nrd-bench command") from None
     return shlex.join(argv)
@@ -149,8 +172,10 @@ def job_env(items: Sequence[str], environ: Mapping[str, str] | None = None) -> d
         if value.partition(":")[0] in ("http", "https", "databricks"):
             env[name] = value
         elif value:
-            print(f"note: not sending {name}={value} (a store on this machine); name it with --env to send it",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"note: not sending {name}={value} (a store on this machine); name it with --env to send it",
+                file=sys.stderr,
+            )
     for item in items:
         name, sep, value = item.partition("=")
         if not ENV_NAME.fullmatch(name):
@@ -285,13 +310,15 @@ def submit(
     excludes: Sequence[str] = (),
     gpus: float = 0,
     raw: bool = False,
+    parser: argparse.ArgumentParser | None = None,
 ) -> tuple[JobSubmissionClient, str]:
     """Check everything locally, then submit ``entrypoint`` (argv) as a Ray job running in a copy of
     ``working_dir`` (default: this checkout) with ``gpus`` reserved for its driver. Returns the client and the job's
-    submission id. Every refusal is a ``JobSubmissionError`` subclass naming the value at fault."""
+    submission id. ``parser``: the ``nrd-bench`` parser the entrypoint must parse with. Every refusal is a
+    ``JobSubmissionError`` subclass naming the value at fault."""
     if gpus < 0:
         raise JobSubmissionError(f"--gpus {gpus:g}: expected 0 or more")
-    command = build_entrypoint(entrypoint, raw)
+    command = build_entrypoint(entrypoint, raw, parser)
     resolve_address(address)  # a missing address is named before the rest is checked
     token = auth_token()
     variables = job_env(env)

@@ -1,45 +1,38 @@
-"""MLflow tracking that never loses data.
+"""The buffering MLflow logger: rank 0 (and the driver) log into an existing run without ever losing data.
 
-The driver creates the experiment and the run (``ensure_experiment``, ``create_run``); rank 0 logs into that run
-through a ``RunLogger``. When MLflow cannot be reached, the logger keeps each operation in memory and in an
-append-only JSONL buffer file, returns at once, and sends the queue, in order, as soon as MLflow answers again. If it
-never does, ``close`` raises ``TrackingUnavailableError`` and the buffer file is replayed later with
-``nrd-bench replay FILE`` (``replay``). Metric steps are never logged twice: the logger drops steps at or below the
-last one MLflow holds for a key, and sending a queue or replaying a file skips the steps already present.
-
-MLflow's HTTP client retries a failed request for minutes by default. Around its own calls this module sets
-``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` and ``MLFLOW_HTTP_REQUEST_TIMEOUT=10`` (seconds) unless the user set these
-variables (MLflow reads them at request time, from the process environment), so a dead server is noticed at once and
-the retrying is done here, without slowing training.
+When MLflow cannot be reached, the logger keeps each operation in memory and in an append-only JSONL buffer file,
+returns at once, and sends the queue, in order, as soon as MLflow answers again. If it never does, ``close`` raises
+``TrackingUnavailableError`` and the buffer file is replayed later with ``nrd-bench replay FILE`` (``replay``).
+Metric steps are never logged twice: the logger drops steps at or below the last one MLflow holds for a key, and
+sending a queue or replaying a file skips the steps already present.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-import requests
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException, RestException
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, TEMPORARILY_UNAVAILABLE, ErrorCode
+from mlflow.exceptions import MlflowException
 
-from nrd.errors import NRDBenchError, UnknownNameError
-from pipeline.files import write_atomic
+from nrd.errors import UnknownNameError
+from pipeline.training.tracking import (
+    BufferFileError,
+    TrackingError,
+    TrackingRejectedError,
+    TrackingUnavailableError,
+    is_transient,
+    mlflow_call,
+)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # in the working directory; resolve_tracking_uri makes it absolute
-PARENT_RUN_TAG = "mlflow.parentRunId"
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-SERVER_SCHEMES = ("http", "https", "databricks")
 RECORD_KEYS = ("seq", "tracking_uri", "run_id", "op", "payload")
 PAYLOAD_KEYS = {
     "log_params": ("params",),
@@ -49,99 +42,6 @@ PAYLOAD_KEYS = {
     "log_text": ("text", "artifact_file"),
     "set_terminated": ("status", "end_time"),
 }
-_TRANSIENT_TYPES = (
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    requests.exceptions.RetryError,  # the server kept answering 429/5xx
-    ConnectionError,
-    TimeoutError,
-)
-
-
-class TrackingError(NRDBenchError):
-    """A tracking operation that failed; the subclasses say whether MLflow was unreachable or refused it."""
-
-
-class TrackingUnavailableError(TrackingError):
-    """MLflow could not be reached (connection refused/reset, timeout, HTTP 5xx, database locked)."""
-
-
-class TrackingRejectedError(TrackingError, ValueError):
-    """MLflow refused an operation for good (e.g. INVALID_PARAMETER_VALUE: a param logged again with a new value)."""
-
-
-class BufferFileError(TrackingError, ValueError):
-    """A tracking buffer file that is missing or cannot be read back; the message names the line at fault."""
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The tracking URI to use: ``uri`` (the --tracking-uri flag), else ``$MLFLOW_TRACKING_URI``, else the SQLite file
-    ``mlflow.db`` in the working directory. Relative SQLite files and plain folder paths are made absolute, so that
-    Ray workers, which run in other directories, reach the same store."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and ":memory:" not in uri:
-        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).absolute())
-    if ":" not in uri:  # a folder: MLflow's file store
-        return str(Path(uri).absolute())
-    return uri
-
-
-def _is_server(tracking_uri: str) -> bool:
-    return tracking_uri.partition(":")[0] in SERVER_SCHEMES
-
-
-def ensure_experiment(tracking_uri: str, name: str) -> str:
-    """The id of experiment ``name``, created when missing. Local stores (SQLite, folders) get the artifact location
-    ``<cwd>/mlartifacts/<name>`` (an absolute file:// URI), else MLflow would put artifacts in ``./mlruns`` of
-    whichever process's working directory; a tracking server chooses its own."""
-    with _mlflow_call(tracking_uri):
-        client = MlflowClient(tracking_uri)
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            location = None if _is_server(tracking_uri) else (Path.cwd() / "mlartifacts" / name).absolute().as_uri()
-            try:
-                return client.create_experiment(name, artifact_location=location)
-            except MlflowException as error:  # created meanwhile by another process
-                if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-                    raise
-                experiment = client.get_experiment_by_name(name)
-    if experiment.lifecycle_stage == "deleted":
-        raise TrackingRejectedError(
-            f"experiment {name!r} (id {experiment.experiment_id}) is deleted in {tracking_uri}; restore it "
-            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or choose another name"
-        )
-    return experiment.experiment_id
-
-
-def create_run(
-    tracking_uri: str,
-    experiment_id: str,
-    run_name: str,
-    tags: dict | None = None,
-    parent_run_id: str | None = None,
-) -> str:
-    """Create a RUNNING run and return its id; with ``parent_run_id`` it is nested under that run (MLflow's
-    ``mlflow.parentRunId`` tag)."""
-    tags = {key: str(value) for key, value in (tags or {}).items()}
-    if parent_run_id:
-        tags[PARENT_RUN_TAG] = parent_run_id
-    with _mlflow_call(tracking_uri):
-        return MlflowClient(tracking_uri).create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
-
-
-def recorded_run(record_path: Path, tracking_uri: str) -> dict | None:
-    """The run record (tracking_uri, experiment_id, run_id, ...) kept at ``record_path`` by an earlier attempt, when
-    it points into ``tracking_uri``: a re-run logs into that run instead of creating another one."""
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record["tracking_uri"] == tracking_uri:
-            return record
-    return None
-
-
-def save_run_record(record_path: Path, record: dict) -> None:
-    record_path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(record_path, json.dumps(record, indent=2))
 
 
 class RunLogger:
@@ -176,7 +76,7 @@ class RunLogger:
         self.buffer_path = Path(buffer_path).absolute()
         self.retry_interval = retry_interval
         self.give_up_after = give_up_after
-        with _mlflow_call(tracking_uri):
+        with mlflow_call(tracking_uri):
             self._client = MlflowClient(tracking_uri)
         self._queue = [record for _, record in _read_buffer(self.buffer_path)] if self.buffer_path.exists() else []
         self._seq = max((record["seq"] for record in self._queue), default=0)
@@ -273,7 +173,7 @@ class RunLogger:
         record = dict(zip(RECORD_KEYS, (self._seq, self.tracking_uri, self.run_id, op, payload), strict=True))
         if self._drain():  # nothing queued ahead of it: send it now
             try:
-                with _mlflow_call(self.tracking_uri):
+                with mlflow_call(self.tracking_uri):
                     _apply(self._client, record, self.buffer_path.parent, None, Counter())
                 return
             except TrackingUnavailableError as error:
@@ -289,7 +189,7 @@ class RunLogger:
         self._last_try = time.monotonic()
         queued = len(self._queue)
         try:
-            with _mlflow_call(self.tracking_uri):
+            with mlflow_call(self.tracking_uri):
                 if not self._history_read:
                     self._read_history()
                 try:
@@ -354,7 +254,7 @@ def replay(buffer_path: str | os.PathLike, tracking_uri: str | None = None) -> d
     counts: Counter[str] = Counter()
     if remaining:
         try:
-            with _mlflow_call(uri):
+            with mlflow_call(uri):
                 _send(MlflowClient(uri), remaining, path.parent, counts)
         except TrackingError as error:
             line = numbered[len(numbered) - len(remaining)][0]
@@ -380,9 +280,7 @@ def _send(client: MlflowClient, records: list[dict], base_dir: Path, counts: Cou
         records.pop(0)
 
 
-def _apply(
-    client: MlflowClient, record: dict, base_dir: Path, logged_steps: dict | None, counts: Counter
-) -> None:
+def _apply(client: MlflowClient, record: dict, base_dir: Path, logged_steps: dict | None, counts: Counter) -> None:
     """Send one record. ``logged_steps`` caches the steps MLflow holds per (run, key), read on demand, to skip them;
     None trusts the caller that the steps are new."""
     run_id, op, payload = record["run_id"], record["op"], record["payload"]
@@ -413,51 +311,12 @@ def _apply(
         else:
             client.set_terminated(run_id, payload["status"], payload["end_time"])
     except MlflowException as error:
-        if _is_transient(error):
+        if is_transient(error):
             raise
         summary = json.dumps(payload)
         summary = summary if len(summary) <= 200 else summary[:200] + "..."
         raise TrackingRejectedError(f"MLflow refused {op} {summary} for run {run_id}: {error.message}") from error
     counts[op] += 1
-
-
-@contextlib.contextmanager
-def _mlflow_call(tracking_uri: str) -> Iterator[None]:
-    """Fail fast on a dead server (no HTTP retries, short timeout, unless the user set them) and turn MLflow's
-    failures into ``TrackingUnavailableError`` (transient) or ``TrackingRejectedError`` naming the URI."""
-    added = [name for name in HTTP_DEFAULTS if name not in os.environ]
-    os.environ.update({name: HTTP_DEFAULTS[name] for name in added})
-    try:
-        yield
-    except TrackingError:
-        raise
-    except Exception as error:
-        if _is_transient(error):
-            raise TrackingUnavailableError(f"cannot reach MLflow at {tracking_uri}: {error}") from error
-        if isinstance(error, MlflowException):
-            raise TrackingRejectedError(f"MLflow at {tracking_uri} refused the request: {error.message}") from error
-        raise
-    finally:
-        for name in added:
-            os.environ.pop(name, None)
-
-
-def _is_transient(error: BaseException) -> bool:
-    seen: set[int] = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, _TRANSIENT_TYPES) or "database is locked" in str(cause):
-            return True
-        if isinstance(cause, requests.HTTPError) and cause.response is not None and cause.response.status_code >= 500:
-            return True
-        if isinstance(cause, MlflowException) and (
-            cause.error_code == ErrorCode.Name(TEMPORARILY_UNAVAILABLE)
-            or (isinstance(cause, RestException) and cause.get_http_status_code() >= 500)
-        ):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
 
 
 def _read_buffer(path: Path) -> list[tuple[int, dict]]:

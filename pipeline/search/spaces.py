@@ -15,14 +15,15 @@ A space file has three sections::
       data.dataset_dir: shards/synthetic
       schedule.batch_size: 8
     space:                        # what varies
-      decoder: {choice: [nrd, deeplabv3plus]}
+      model.decoder: {choice: [nrd, deeplabv3plus]}
       nrd.dyn_channels: {choice: [8, 16, 32]}
-      lr: {loguniform: [0.001, 0.05]}
+      schedule.lr: {loguniform: [0.001, 0.05]}
 
-Keys are dotted paths into the training config (``model.*``, ``data.*``, ``schedule.*``, ``run.*``) with short
-aliases: ``decoder``, ``encoder``, ``output_stride``, ``lr``, ``weight_decay``, ``aux_weight``, ``batch_size``,
-``iterations``; ``nrd.<arg>`` (or ``<decoder>.<arg>``) is a decoder hyperparameter applied only to trials of that
-decoder. Distributions: ``choice: [..]``, ``grid: [..]``, ``uniform: [low, high]``, ``loguniform: [low, high]``,
+Keys are the flat names of ``pipeline.config`` (the same as the MLflow params and Ray Tune's parameter names):
+dotted paths into the training config (``model.*``, ``data.*``, ``schedule.*``, ``scaling.*``, ``run.*``), and
+``<decoder>.<arg>`` (e.g. ``nrd.dyn_channels``), a decoder hyperparameter applied only to trials of that decoder.
+The short names of ``pipeline.config.ALIASES`` (the ``nrd-bench train`` flags: ``lr``, ``decoder``, ...) are read
+too. Distributions: ``choice: [..]``, ``grid: [..]``, ``uniform: [low, high]``, ``loguniform: [low, high]``,
 ``randint: [low, high)``; anything else is a fixed value.
 """
 
@@ -36,21 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nrd import DECODERS, ENCODERS, ModelConfig, decoder_arguments
+from nrd import DECODERS, ENCODERS, ModelConfig
 from nrd.errors import UnknownNameError
-from pipeline.config import SECTIONS, ConfigError, convert_value, load_yaml
+from pipeline.config import ConfigError, canonical_key, convert_value, field_default, load_yaml, nest
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
-ALIASES = {
-    "decoder": "model.decoder",
-    "encoder": "model.encoder",
-    "output_stride": "model.output_stride",
-    "lr": "schedule.lr",
-    "weight_decay": "schedule.weight_decay",
-    "aux_weight": "schedule.aux_weight",
-    "batch_size": "schedule.batch_size",
-    "iterations": "schedule.iterations",
-}
 SCHEDULERS = ("asha", "fifo")
 TRIAL_DRIVER_CPUS = 0.01  # a multi-worker trial's own process, which starts its TorchTrainer
 DATA_CPUS = 1.0  # what Ray Data needs free besides the trials: its file-listing task asks for a whole CPU
@@ -102,19 +93,7 @@ class SearchSpace:
         """Nested training-config overrides for one trial: fixed values, then the sampled ones; decoder
         hyperparameters of other decoders than the trial's are dropped."""
         values = {**self.fixed, **sampled}
-        decoder = values.get("model.decoder", ModelConfig().decoder)
-        nested: dict[str, Any] = {}
-        for key, value in values.items():
-            section, _, rest = key.partition(".")
-            if section in DECODERS:
-                if section != decoder:
-                    continue
-                section, rest = "model", f"decoder_kwargs.{rest}"
-            node = nested.setdefault(section, {})
-            *parents, leaf = rest.split(".")
-            for parent in parents:
-                node = node.setdefault(parent, {})
-            node[leaf] = value
+        nested = nest(values, values.get("model.decoder", ModelConfig().decoder))
         schedule = nested.setdefault("schedule", {})
         schedule.setdefault("iterations", self.search.iterations)
         scaling = nested.setdefault("scaling", {})
@@ -127,42 +106,12 @@ def _error(path: str, key: str, problem: str) -> ConfigError:
     return ConfigError(f"{path}: {key}: {problem}")
 
 
-def _resolve_key(path: str, key: str) -> str:
-    key = ALIASES.get(key, key)
-    section, _, rest = key.partition(".")
-    if section in DECODERS:
-        valid = decoder_arguments(section)
-        if rest not in valid:
-            raise UnknownNameError(f"{section} hyperparameter in {path}", rest, valid)
-        return key
-    if section == "model":
-        valid = [f.name for f in dataclasses.fields(ModelConfig)]
-        if rest.split(".")[0] not in valid:
-            raise UnknownNameError(f"model key in {path}", rest, valid)
-        return key
-    if section in SECTIONS:
-        valid = [f.name for f in dataclasses.fields(SECTIONS[section])]
-        if rest not in valid:
-            raise UnknownNameError(f"{section} key in {path}", rest, valid)
-        return key
-    valid = [*ALIASES, *(f"{s}.<key>" for s in ("model", *SECTIONS)), *(f"{d}.<arg>" for d in DECODERS)]
-    raise UnknownNameError(f"search-space key in {path}", key, valid)
-
-
-def _field_default(key: str) -> Any:
-    section, _, rest = key.partition(".")
-    kind = ModelConfig if section == "model" else SECTIONS.get(section)
-    fields = {f.name: f for f in dataclasses.fields(kind)} if kind else {}
-    default = getattr(fields.get(rest), "default", None)
-    return None if default is dataclasses.MISSING else default
-
-
 def _check_value(path: str, key: str, value: Any) -> None:
     """Values that would fail inside a trial fail here instead: unknown names, wrong types."""
     checks = {"model.decoder": DECODERS, "model.encoder": ENCODERS}
     if key in checks and value not in checks[key]:
         raise UnknownNameError(f"{key.split('.')[1]} in {path} ({key})", value, checks[key])
-    default = _field_default(key)
+    default = field_default(key)
     if default is not None:
         try:
             convert_value(value, default)
@@ -192,7 +141,7 @@ def _distribution(path: str, key: str, spec: Mapping[str, Any]) -> tuple[str, An
         raise _error(path, key, f"loguniform needs low > 0, got {low}")
     if kind == "randint" and not all(isinstance(v, int) for v in arguments):
         raise _error(path, key, f"randint needs integers, got {arguments!r}")
-    if isinstance(_field_default(key), int) and kind != "randint":
+    if isinstance(field_default(key), int) and kind != "randint":
         raise _error(path, key, f"{kind} draws floats but the value must be an integer; use randint or choice")
     return kind, [low, high]
 
@@ -231,10 +180,11 @@ def _search_settings(path: str, values: Mapping[str, Any], available_cpus: float
         needed = settings.cpus_per_trial() * settings.max_concurrent
         if needed + DATA_CPUS > available_cpus:
             raise _error(
-                path, "search.resources",
+                path,
+                "search.resources",
                 f"{settings.max_concurrent} concurrent trial(s) need {needed:g} CPUs plus {DATA_CPUS:g} for Ray "
                 f"Data's decoding, but the cluster has {available_cpus:g}; lower cpus_per_worker or max_concurrent",
-            )  # fmt: skip
+            )
     return settings
 
 
@@ -252,12 +202,12 @@ def load_space(path: str | os.PathLike, available_cpus: float | None = None) -> 
     search = _search_settings(path, data.get("search") or {}, available_cpus)
     fixed: dict[str, Any] = {}
     for key, value in (data.get("fixed") or {}).items():
-        dotted = _resolve_key(path, key)
+        dotted = canonical_key(key, path)
         _check_value(path, dotted, value)
         fixed[dotted] = value
     space = {}
     for key, spec in (data.get("space") or {}).items():
-        dotted = _resolve_key(path, key)
+        dotted = canonical_key(key, path)
         space[dotted] = _distribution(path, dotted, spec) if isinstance(spec, Mapping) else ("fixed", spec)
         if space[dotted][0] == "fixed":
             _check_value(path, dotted, spec)

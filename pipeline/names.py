@@ -1,0 +1,48 @@
+"""Names shared between modules, in one place: MLflow run tags and metrics, and the files of a run's folder.
+
+Training writes these, the search, the Pareto analysis, the report and predict read them back, and the tests
+import them from here rather than repeating the strings. MLflow params are ``TrainConfig.flat_params()``'s keys
+(``pipeline.config``).
+"""
+
+# ------------------------------------------------------------------------------------------------ MLflow run tags
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: nests a trial's run under its sweep's run
+KIND_TAG = "nrd_bench.kind"  # bookkeeping runs, never points of a front: KIND_SWEEP or KIND_PARETO
+KIND_SWEEP = "sweep"
+KIND_PARETO = "pareto"
+DATASET_TAG = "dataset"
+DATASET_DIR_TAG = "dataset_dir"
+DECODER_TAG = "decoder"
+ENCODER_TAG = "encoder"
+DEVICE_TAG = "device_type"
+COMMIT_TAG = "git_commit"
+EVAL_INPUT_TAG = "eval_input"  # NxCxHxW of the input the cost metrics were counted at
+COST_CONVENTION_TAG = "cost_convention"
+TRIAL_ID_TAG = "trial_id"
+SWEEP_TAG = "sweep"  # a trial's sweep name
+TRIAL_VALUES_TAG = "trial_values"  # JSON of the values the search gave the trial
+STOPPED_EARLY_TAG = "stopped_early"
+PARETO_OPTIMAL_TAG = "pareto_optimal"
+PARETO_RANK_TAG = "pareto_rank"
+PARETO_AXES_TAG = "pareto_axes"
+
+# ------------------------------------------------------------------------------------------------- MLflow metrics
+MIOU = "mIoU"  # the final single-scale val mIoU (%), what searches and reports rank on by default
+MIOU_MSFLIP = "mIoU_msflip"
+GMACS_MODEL = "gmacs_model"  # the default cost axis of the Pareto front
+ITERATION = "iteration"  # reported to Ray Tune with every evaluation; ASHA's time axis
+
+# -------------------------------------------------------------------------------------- a run's folder and artifacts
+CONFIG_FILE = "config.yaml"  # the resolved TrainConfig, beside the results and as an MLflow artifact
+RESULT_FILE = "result.json"  # the final metrics
+FINISHED_MARKER = "FINISHED"  # written once the training is done, before the MLflow run is ended
+RUN_RECORD = "mlflow_run.json"  # the MLflow run of a training run (tracking_uri, experiment_id, run_id)
+RUN_BUFFER = "mlflow-buffer.jsonl"  # rank 0's MLflow operations not yet delivered
+DRIVER_BUFFER = "mlflow-driver-buffer.jsonl"  # the driver's
+SWEEP_RECORD = "sweep.json"  # the MLflow parent run of a sweep
+SWEEP_BUFFER = "mlflow-sweep-buffer.jsonl"
+CHECKPOINT_STATE = "state.pt"  # full training state in a Ray checkpoint
+CHECKPOINT_WEIGHTS = "model.pt"  # the model's state_dict, in checkpoints and as the MLflow artifact
+WEIGHTS_ARTIFACT_DIR = "weights"
+PREDICTIONS_ARTIFACT_DIR = "predictions"
+PER_CLASS_FILE = "per_class_iou.csv"

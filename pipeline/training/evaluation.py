@@ -1,0 +1,120 @@
+"""Evaluation inside the training loop: dataset-level metrics over the val split summed across workers, the cost of
+the model at the evaluation size, and what rank 0 logs once training is done (cost, per-class IoU, pictures,
+weights)."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import tempfile
+from pathlib import Path
+
+import torch
+
+from nrd.cost import count_macs, count_params, measure_latency
+from nrd.inference import predict_to_label
+from nrd.metrics import SegmentationMetrics
+from pipeline.config import TrainConfig
+from pipeline.names import (
+    CHECKPOINT_WEIGHTS,
+    COST_CONVENTION_TAG,
+    EVAL_INPUT_TAG,
+    PER_CLASS_FILE,
+    PREDICTIONS_ARTIFACT_DIR,
+    WEIGHTS_ARTIFACT_DIR,
+)
+from pipeline.training.pictures import prediction_figure
+from pipeline.training.sessions import unwrap
+
+
+def evaluate(
+    model,
+    val_data,
+    num_classes: int,
+    ignore_index: int,
+    device,
+    use_amp: bool,
+    keep: int = 0,
+    mode: str = "whole",
+    rank: int = 0,
+    world: int = 1,
+):
+    """Dataset-level metrics over the val split, summed across workers: each worker reads all of ``val_data`` and
+    evaluates the rows ``index % world == rank``. Also the number of images evaluated (summed) and this worker's
+    first ``keep`` (image, label, prediction) triples for pictures. ``mode``: an ``nrd.inference`` mode."""
+    import torch.distributed as dist
+
+    metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index, device=device)
+    images = torch.zeros((), dtype=torch.int64, device=device)
+    examples = []
+    network = unwrap(model)
+    distributed = world > 1 and dist.is_available() and dist.is_initialized()
+    if distributed:  # each worker's last forward updated its own BatchNorm statistics: evaluate rank 0's model
+        for buffer in network.buffers():
+            dist.broadcast(buffer, src=0)
+    was_training = network.training
+    network.eval()
+    with torch.inference_mode():
+        for index, batch in enumerate(val_data.iter_torch_batches(batch_size=1, device=device)):
+            if index % world != rank:
+                continue
+            height, width = batch["valid_size"][0].tolist()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                scores = predict_to_label(network, batch["image"], (height, width), batch["label"].shape[-2:], mode)
+            prediction = scores.argmax(1)
+            metrics.update(prediction, batch["label"])
+            images += 1
+            if len(examples) < keep:  # the image without its padding
+                image = batch["image"][0, :, :height, :width]
+                examples.append((image.cpu(), batch["label"][0].cpu(), prediction[0].cpu()))
+    network.train(was_training)
+    if distributed:
+        for tensor in (*metrics.state().values(), images):
+            dist.all_reduce(tensor)
+    return metrics, int(images), examples
+
+
+def eval_shape(examples: list, config: TrainConfig) -> tuple[int, int, int, int]:
+    """(1, 3, H, W) of the first evaluated image: the size cost is counted at."""
+    height, width = examples[0][0].shape[-2:] if examples else config.data.crop_size or (512, 512)
+    return (1, 3, int(height), int(width))
+
+
+@functools.cache
+def _static_cost(network: torch.nn.Module, shape: tuple[int, int, int, int]) -> dict[str, float]:
+    gmacs, params = count_macs(network, shape), count_params(network)
+    return {f"gmacs_{level}": value for level, value in gmacs.items()} | {"params_m": params["model"]}
+
+
+def static_cost(network: torch.nn.Module, shape: tuple[int, int, int, int]) -> dict[str, float]:
+    """GMACs per level (``gmacs_encoder`` ... ``gmacs_model``, see ``nrd.cost``) and params of ``network`` at
+    ``shape``: shapes only, so computed once per size."""
+    return dict(_static_cost(network, shape))
+
+
+def finish(logger, model, values: dict, examples: list, manifest: dict, config: TrainConfig, device) -> dict:
+    """Rank 0 after the last iteration: cost at the evaluation size, latency, per-class IoU, pictures, weights.
+    Returns the cost metrics, which also go into the final report (multi-objective searches need them)."""
+    network = unwrap(model)
+    shape = eval_shape(examples, config)
+    latency = measure_latency(network, shape, levels=("model",), device=device, warmup=1, repeats=5)
+    network.train()
+    cost = static_cost(network, shape) | {"latency_p50_ms": latency["model"]["p50"]}
+    logger.log_metrics(cost, config.schedule.iterations)
+    logger.set_tags({EVAL_INPUT_TAG: "x".join(map(str, shape)), COST_CONVENTION_TAG: "MACs (FLOPs = 2 x MACs)"})
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["class_index", "class_name", "iou_percent", "acc_percent"])
+    for index, name in enumerate(manifest["class_names"]):
+        writer.writerow([index, name, values["per_class_iou"][index], values["per_class_acc"][index]])
+    logger.log_text(rows.getvalue(), PER_CLASS_FILE)
+    with tempfile.TemporaryDirectory() as directory:
+        for index, (image, label, prediction) in enumerate(examples):
+            path = Path(directory) / f"val_{index}.png"
+            path.write_bytes(prediction_figure(image, label, prediction, manifest))
+            logger.log_artifact(str(path), PREDICTIONS_ARTIFACT_DIR)
+        weights = Path(directory) / CHECKPOINT_WEIGHTS
+        torch.save(network.state_dict(), weights)
+        logger.log_artifact(str(weights), WEIGHTS_ARTIFACT_DIR)
+    return cost

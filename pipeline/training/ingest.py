@@ -1,0 +1,78 @@
+"""Ray Data input of a training run: the prepared Parquet shards, decoded and augmented in Ray Data's CPU tasks."""
+
+from __future__ import annotations
+
+import secrets
+import zlib
+from typing import Any
+
+import numpy as np
+
+from nrd.data.base import decode_image, decode_label
+from nrd.data.transforms import TRAIN_PRESETS, TrainTransform, TrainTransformConfig, ValTransform
+from pipeline.config import TrainConfig, shard_files
+
+# CPUs one Ray Data read/decode task asks for: below 1 so that a cluster whose cores are mostly reserved by training
+# workers (fractional ones included) still fits a data task instead of waiting forever.
+DATA_TASK_CPUS = 0.5
+
+
+def transform_config(config: TrainConfig, manifest: dict) -> TrainTransformConfig:
+    """The training augmentation: the dataset's preset, overridden by whatever ``data`` sets."""
+    data = config.data
+    preset = TRAIN_PRESETS.get(manifest["dataset"], TRAIN_PRESETS["synthetic"])
+    return TrainTransformConfig(
+        base_scale=data.base_scale or preset.base_scale,
+        crop_size=data.crop_size or preset.crop_size,
+        ratio_range=data.ratio_range,
+        cat_max_ratio=data.cat_max_ratio,
+        photometric=data.photometric,
+        ignore_index=manifest["ignore_index"],
+    )
+
+
+def decode_augment(batch: dict[str, np.ndarray], transform: TrainTransformConfig, seed: int) -> dict[str, np.ndarray]:
+    """Ray Data batch function: encoded rows → augmented (B, 3, h, w) float32 images and (B, h, w) int64 labels.
+
+    Every row gets its own generator from (seed, crc32(id), fresh entropy): draws differ from pass to pass (each
+    epoch sees new augmentations) as Ray Data's streaming order does; the model, schedule and evaluation are seeded.
+    """
+    apply = TrainTransform(transform)
+    images, labels = [], []
+    for sample_id, image_bytes, label_bytes in zip(batch["id"], batch["image"], batch["label"], strict=True):
+        rng = np.random.default_rng([seed, zlib.crc32(str(sample_id).encode()), secrets.randbits(32)])
+        image, label = apply(decode_image(image_bytes, sample_id), decode_label(label_bytes, sample_id), rng)
+        images.append(image.numpy())
+        labels.append(label.numpy())
+    return {"image": np.stack(images), "label": np.stack(labels)}
+
+
+def decode_val(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ray Data batch function for evaluation (batch size 1: sizes may differ): the normalised image padded to a
+    multiple of 32, its size before padding (``valid_size``) and the untouched label."""
+    transform = ValTransform()
+    image, label = transform(decode_image(batch["image"][0], batch["id"][0]), decode_label(batch["label"][0]))
+    valid_size = np.array([transform.valid_size(*label.shape)], dtype=np.int64)
+    return {"image": image.numpy()[None], "label": label.numpy()[None], "valid_size": valid_size}
+
+
+def build_datasets(config: TrainConfig, manifest: dict) -> dict[str, Any]:
+    """``train``: shards → decode → augment, split across the workers. ``val``: decoded, normalised; every worker
+    gets all of it and evaluates the rows ``index % world == rank`` (Ray's equal split would drop rows)."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the training log carries the progress
+    context.print_on_execution_start = False  # one plan per epoch would drown the training log
+    transform = transform_config(config, manifest)
+    directory = config.data.dataset_dir
+    task = {"num_cpus": DATA_TASK_CPUS}
+    # Shards in a new order every epoch (rows inside a shard are mixed by the workers' local shuffle buffer)
+    train = ray.data.read_parquet(shard_files(directory, manifest, "train"), **task).randomize_block_order()
+    train = train.map_batches(
+        decode_augment, batch_size=4, fn_kwargs={"transform": transform, "seed": config.schedule.seed}, **task
+    )
+    val = ray.data.read_parquet(shard_files(directory, manifest, "val"), **task)
+    if config.data.val_limit:
+        val = val.limit(config.data.val_limit)
+    return {"train": train, "val": val.map_batches(decode_val, batch_size=1, **task)}
