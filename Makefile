@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# DEMO_ARGS: more flags for `nrd-bench demo`, e.g. `make demo DEMO_ARGS="--space tests/demo_quick_space.yaml"` (the
+# same sweep on a shorter budget, as the fresh-clone test runs it)
 demo: $(STAMP)
-	$(VENV)/bin/nrd-bench demo
+	$(VENV)/bin/nrd-bench demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
