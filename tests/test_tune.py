@@ -168,7 +168,7 @@ space:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_asha_stops_the_trial_whose_loss_is_worse_at_the_rung(local_ray, shards, tmp_path, capsys):
     """ASHA on the training loss, one rung at iteration 16 (grace_period), reduction factor 2, trials one at a time
     with lr 0.05, 1e-9, 0.05: the 1e-9 trial cannot learn, so at the rung its loss is still the initial one. Each
@@ -207,7 +207,7 @@ def test_asha_stops_the_trial_whose_loss_is_worse_at_the_rung(local_ray, shards,
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_multi_objective_sweep_and_pareto_on_an_mlflow_server(local_ray, shards, tmp_path, capsys, mlflow_server):
     """Optuna's multi-objective sampler (mIoU max, GMACs min), one trial, tracked over HTTP. That Optuna ran the
     search is read from the searcher state Tune saved beside the sweep: an Optuna study with both directions, whose
@@ -230,7 +230,7 @@ def test_multi_objective_sweep_and_pareto_on_an_mlflow_server(local_ray, shards,
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_killed_sweep_resumes_without_rerunning_or_duplicating(shards, tmp_path, ray_env, capsys):
     """A FIFO grid sweep (nrd, bilinear) on SQLite whose driver (with its own local Ray, in a private RAY_TMPDIR)
     is SIGKILLed once a trial has finished; run again with --resume it completes, and the whole sweep is then
