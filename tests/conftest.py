@@ -6,6 +6,7 @@ the pytest process (``own_ray``) get the shared Ray shut down for their duration
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import re
 import shlex
@@ -52,8 +53,20 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.root = root
         self.process: subprocess.Popen | None = None
+        self.started = False
 
     def start(self) -> None:
+        """Start it; the first start takes another free port (up to 3 tries) if something else bound the probed one
+        in between, later starts keep the port clients already know."""
+        tries = 1 if self.started else 3
+        for attempt in range(tries):
+            if self._start(last=attempt == tries - 1):
+                self.started = True
+                return
+            self.port = free_port()
+            self.uri = f"http://127.0.0.1:{self.port}"
+
+    def _start(self, last: bool) -> bool:
         command = [
             sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
@@ -65,13 +78,17 @@ class MlflowServer:
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=1):
-                    return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as answer:
+                    if answer.status == 200 and self.process.poll() is None:
+                        return True
+            except (OSError, http.client.HTTPException):  # not up yet, or another server on the port
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                if last:
                     pytest.fail(f"mlflow server did not answer on {self.uri}; see {self.root / 'server.log'}")
-                time.sleep(0.2)
+                return False
+            time.sleep(0.2)
 
     def stop(self) -> None:
         if self.process is None:
