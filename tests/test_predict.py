@@ -261,6 +261,7 @@ def evaluate_json(pred: Path, labels: Path, capsys) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # with the fixture's training run
 def test_predictions_reproduce_the_metrics_training_logged(camvid_run, capsys):
     from mlflow import MlflowClient
 

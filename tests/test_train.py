@@ -53,6 +53,7 @@ def independent_val_metrics(shards: Path, model: torch.nn.Module, num_classes: i
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_two_workers_train_and_leave_a_complete_mlflow_record(local_ray, shards, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(train_args(shards, tmp_path, "--workers", "2", "--cpus-per-worker", "0.5", "--name", "two")) == 0
