@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nrd-bench-installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +15,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# DEMO_ARGS: more flags for `nrd-bench demo`, e.g. `make demo DEMO_ARGS="--space tests/demo_quick_space.yaml"` (the
+# same sweep on a shorter budget, as the fresh-clone test runs it)
 demo: $(STAMP)
-	$(VENV)/bin/nrd-bench demo
+	$(VENV)/bin/nrd-bench demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# The inner loop while changing code (under 2 minutes): every test not marked slow, i.e. no Ray workers, no sweep,
+# no fault injection, no fresh clone. `make test` is still what counts.
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -m "not slow" -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

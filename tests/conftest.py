@@ -1,9 +1,12 @@
-"""Fixtures shared by test modules: a real ``mlflow server`` that tests can stop and start again, and a private
-Ray temp dir for tests whose Ray runs in other processes."""
+"""Fixtures shared by test modules, each started once per pytest session: a real ``mlflow server`` that tests can
+stop and start again, one local Ray instance in the pytest process (``local_ray``), one set of synthetic shards;
+and a private Ray temp dir for tests whose Ray runs in other processes. Tests that need a cluster of their own in
+the pytest process (``own_ray``) get the shared Ray shut down for their duration and started again after them."""
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import re
 import shlex
@@ -50,8 +53,20 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.root = root
         self.process: subprocess.Popen | None = None
+        self.started = False
 
     def start(self) -> None:
+        """Start it; the first start takes another free port (up to 3 tries) if something else bound the probed one
+        in between, later starts keep the port clients already know."""
+        tries = 1 if self.started else 3
+        for attempt in range(tries):
+            if self._start(last=attempt == tries - 1):
+                self.started = True
+                return
+            self.port = free_port()
+            self.uri = f"http://127.0.0.1:{self.port}"
+
+    def _start(self, last: bool) -> bool:
         command = [
             sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
@@ -63,13 +78,17 @@ class MlflowServer:
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=1):
-                    return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as answer:
+                    if answer.status == 200 and self.process.poll() is None:
+                        return True
+            except (OSError, http.client.HTTPException):  # not up yet, or another server on the port
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                if last:
                     pytest.fail(f"mlflow server did not answer on {self.uri}; see {self.root / 'server.log'}")
-                time.sleep(0.2)
+                return False
+            time.sleep(0.2)
 
     def stop(self) -> None:
         if self.process is None:
@@ -86,13 +105,98 @@ class MlflowServer:
         self.process = None
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A running ``MlflowServer`` (SQLite backend, local artifact folder) for the test module."""
+@pytest.fixture(scope="session")
+def mlflow_server_session(tmp_path_factory):
+    """One ``MlflowServer`` (SQLite backend, local artifact folder) for the whole session."""
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def mlflow_server(mlflow_server_session):
+    """The session's ``MlflowServer``, running: a test that stopped it and failed before starting it again does
+    not take the next test down with it. Tests use their own experiment names (the store is shared)."""
+    if mlflow_server_session.process is None or mlflow_server_session.process.poll() is not None:
+        mlflow_server_session.start()
+    return mlflow_server_session
+
+
+class LocalRay:
+    """The session's local Ray instance in the pytest process: 2 CPUs, the dashboard (Train's placement-group
+    cleaner needs it), a private short temp dir, worker output echoed to the driver (tests read it)."""
+
+    def __init__(self, temp_dir: str):
+        self.temp_dir = temp_dir
+        self.starts = 0
+
+    def ensure(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address="local", num_cpus=2, log_to_driver=True, _temp_dir=self.temp_dir,
+                     _node_ip_address="127.0.0.1")  # fmt: skip
+            self.starts += 1
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[LocalRay]:
+    """The ``LocalRay`` of the session, not started yet (``local_ray`` starts it); killed and removed at the end."""
+    pytest.importorskip("ray")
+    temp_dir = tempfile.mkdtemp(prefix="nrd-ray-", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        # the Train controller polls its workers every 2 s by default; 0.5 s ends each fit() sooner
+        patch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+        patch.setenv("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # as pipeline.train.start_ray: each line printed once
+        yield LocalRay(temp_dir)
+        import ray
+
+        ray.shutdown()
+    for pid in processes_using(temp_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def local_ray(ray_session) -> LocalRay:
+    """The pytest process connected to the session's local Ray (started on first use)."""
+    ray_session.ensure()
+    return ray_session
+
+
+@pytest.fixture
+def own_ray(ray_session) -> Iterator[None]:
+    """For a test that starts its own cluster and connects the pytest process to it: the session's Ray is shut down
+    first (one connection per process) and started again afterwards if it was running."""
+    import ray
+
+    was_running = ray.is_initialized()
+    ray.shutdown()
+    yield
+    ray.shutdown()
+    if was_running:
+        ray_session.ensure()
+
+
+SHARDS_TRAIN, SHARDS_VAL = 96, 15
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory) -> Path:
+    """Synthetic Parquet shards for the training, sweep and fault tests: 96 train and 15 val samples of 64x64, 4
+    classes. An odd val count: an equal split over 2 workers would drop a row, so a test sees whether every image
+    counts."""
+    from nrd.data import create_dataset, prepare_shards
+
+    out = tmp_path_factory.mktemp("synthetic")
+    dataset = create_dataset("synthetic", num_samples={"train": SHARDS_TRAIN, "val": SHARDS_VAL}, size=(64, 64),
+                             num_classes=4, seed=3)  # fmt: skip
+    prepare_shards(dataset, out, progress=False)
+    return out
+
 
 
 @pytest.fixture

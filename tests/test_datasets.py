@@ -356,6 +356,7 @@ def mean_iou(prediction: np.ndarray, label: np.ndarray, num_classes: int) -> flo
     return float(np.mean(np.diag(confusion)[union > 0] / union[union > 0]))
 
 
+@pytest.mark.slow  # 80 training steps
 def test_synthetic_is_learnable_by_a_small_cnn():
     num_classes = 4
     dataset = SyntheticDataset(num_samples={"train": 64, "val": 16}, size=(64, 64), num_classes=num_classes, seed=0)

@@ -25,7 +25,7 @@ from nrd.data import (
 from nrd.data.base import decode_label
 from nrd.data.transforms import TrainTransform, default_train_config, sample_rng
 from nrd.errors import InvalidHyperparameterError
-from pipeline.cli import main
+from pipeline.commands.cli import main
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIFT_IMAGES = "Images/spatial_envelope_256x256_static_8outdoorcategories"

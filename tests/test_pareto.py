@@ -291,7 +291,8 @@ def test_against_an_mlflow_server(mlflow_server, tmp_path, capsys):
     capsys.readouterr()
     pareto_runs = client.search_runs([store["experiment_id"]], f"tags.`{KIND_TAG}` = '{KIND_PARETO}'")
     assert len(pareto_runs) == 1
-    uploaded = sorted(path.name for path in (mlflow_server.root / "artifacts").rglob("*") if path.is_file())
+    artifacts = mlflow_server.root / "artifacts" / store["experiment_id"]  # the server is shared by the session
+    uploaded = sorted(path.name for path in artifacts.rglob("*") if path.is_file())
     assert uploaded == sorted(path.name for path in out.iterdir())
 
     assert main(["pareto", "--parent-run", store["runs"]["v-nrd-r18"][::-1], "--tracking-uri", mlflow_server.uri]) == 2

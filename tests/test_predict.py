@@ -222,32 +222,28 @@ VAL_IMAGES = 4
 
 
 @pytest.fixture(scope="module")
-def camvid_run(tmp_path_factory) -> dict:
+def camvid_run(tmp_path_factory, request) -> dict:
     """Shards of the first VAL_IMAGES train and val frames of CamVid, a 4-iteration bilinear/ResNet-18 training run
-    on a local Ray (started once for the module) tracked in SQLite, and the val frames' images and raw labels
-    copied to their own folders."""
+    on the session's local Ray tracked in SQLite, and the val frames' images and raw labels copied to their own
+    folders."""
     if not CAMVID.is_dir():
         pytest.skip(f"CamVid data not found: {CAMVID}")
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     pytest.importorskip("mlflow")
+    request.getfixturevalue("local_ray")  # only now: a skipped module starts no Ray
     root = tmp_path_factory.mktemp("camvid")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)  # MLflow's artifact folder goes to the working directory
-        patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
         assert main(["prepare", "--dataset", "camvid", "--root", str(CAMVID), "--out", str(root / "shards"),
                      "--limit", str(VAL_IMAGES), "--quiet"]) == 0  # fmt: skip
         uri = f"sqlite:///{root / 'mlflow.db'}"
-        ray.init(address="local", num_cpus=2, log_to_driver=True)  # a fresh local instance
-        try:
-            assert main([
-                "train", "--dataset-dir", str(root / "shards"), "--decoder", "bilinear", "--encoder", "resnet18",
-                "--crop-size", "96x128", "--batch-size", "2", "--lr", "0.01", "--iterations", "4",
-                "--log-interval", "2", "--eval-interval", "4", "--checkpoint-interval", "4",
-                "--storage-path", str(root / "results"), "--name", "short", "--tracking-uri", uri,
-                "--experiment", "predict-e2e", "--eval-msflip",
-            ]) == 0  # fmt: skip
-        finally:
-            ray.shutdown()
+        assert main([
+            "train", "--dataset-dir", str(root / "shards"), "--decoder", "bilinear", "--encoder", "resnet18",
+            "--crop-size", "96x128", "--batch-size", "2", "--lr", "0.01", "--iterations", "4",
+            "--log-interval", "2", "--eval-interval", "4", "--checkpoint-interval", "4",
+            "--storage-path", str(root / "results"), "--name", "short", "--tracking-uri", uri,
+            "--experiment", "predict-e2e", "--eval-msflip",
+        ]) == 0  # fmt: skip
     ids = [path.stem for path in sorted((CAMVID / "val").glob("*.png"))[:VAL_IMAGES]]
     for folder, source in (("images", "val"), ("labels", "valannot")):
         (root / folder).mkdir()
@@ -265,6 +261,7 @@ def evaluate_json(pred: Path, labels: Path, capsys) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # with the fixture's training run
 def test_predictions_reproduce_the_metrics_training_logged(camvid_run, capsys):
     from mlflow import MlflowClient
 

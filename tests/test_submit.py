@@ -29,7 +29,6 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from ray._private import ray_constants  # noqa: E402
 from ray._private.runtime_env import packaging  # noqa: E402
 
-from nrd.data import create_dataset, prepare_shards  # noqa: E402
 from pipeline.commands.cli import main  # noqa: E402
 from pipeline.jobs.submit import (  # noqa: E402
     DEFAULT_EXCLUDES,
@@ -115,14 +114,6 @@ def wait_for_jobs_api(url: str, token: str, timeout: float = 60) -> None:
             time.sleep(0.5)
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synthetic")
-    dataset = create_dataset("synthetic", num_samples={"train": 8, "val": 4}, size=(32, 32), num_classes=3, seed=5)
-    prepare_shards(dataset, out, progress=False)
-    return out
-
-
 @pytest.fixture
 def clean_env(monkeypatch):
     """No token, address or tracking URI inherited from the shell running the tests."""
@@ -146,6 +137,7 @@ def sparse_file(path: Path, size: int) -> None:
 
 # ------------------------------------------------------------------------------------------ on a real Ray head
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_submit_wait_trains_on_the_cluster_and_jobs_reads_it_back(ray_head, shards, tmp_path, capfd, clean_env):
     clean_env.setenv("RAY_AUTH_TOKEN", ray_head.token)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -157,7 +157,7 @@ def test_outage_is_buffered_then_sent(mlflow_server, tmp_path):
     assert metric_steps(client, run_id, "acc") == [3, 4, 5, 6, 7]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.01"}
-    uploaded = list((mlflow_server.root / "artifacts").rglob("checkpoint.txt"))
+    uploaded = [path for path in (mlflow_server.root / "artifacts").rglob("checkpoint.txt") if run_id in path.parts]
     assert [path.read_text() for path in uploaded] == ["weights"]
 
 

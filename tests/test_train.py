@@ -1,11 +1,11 @@
 """`nrd-bench train` on a real local Ray with a real sqlite MLflow store, on synthetic shards.
 
-One Ray instance is shared by the module (starting Ray costs seconds; each TorchTrainer.fit() ~20 s here)."""
+The session's Ray (``local_ray`` of conftest.py) and shards are shared (starting Ray costs seconds; each
+TorchTrainer.fit() ~20 s here); only the tests that start workers are ``slow``."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from PIL import Image
 ray = pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
+from conftest import SHARDS_VAL  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from nrd import ModelConfig, create_model  # noqa: E402
@@ -27,26 +28,7 @@ from pipeline.commands.cli import main  # noqa: E402
 from pipeline.training.loop import learning_rate  # noqa: E402
 from pipeline.training.sessions import prepare_network  # noqa: E402
 
-pytestmark = pytest.mark.slow
-VAL_IMAGES = 15
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, log_to_driver=True)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synthetic")
-    # an odd val count: an equal split over 2 workers would drop a row, so the test sees whether every image counts
-    dataset = create_dataset("synthetic", num_samples={"train": 96, "val": VAL_IMAGES}, size=(64, 64), num_classes=4,
-                             seed=3)  # fmt: skip
-    prepare_shards(dataset, out, progress=False)
-    return out
+VAL_IMAGES = SHARDS_VAL  # odd: an equal split over 2 workers would drop a row
 
 
 def train_args(shards: Path, tmp_path: Path, *extra: str) -> list[str]:
@@ -71,6 +53,8 @@ def independent_val_metrics(shards: Path, model: torch.nn.Module, num_classes: i
     return metrics.compute()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_two_workers_train_and_leave_a_complete_mlflow_record(local_ray, shards, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(train_args(shards, tmp_path, "--workers", "2", "--cpus-per-worker", "0.5", "--name", "two")) == 0
@@ -165,13 +149,18 @@ def test_schedule_warmup_then_poly():
         (["--aux-weight", "-1"], "schedule.aux_weight=-1.0 is invalid"),
         (["--storage-path", "s3://bucket/results"], "is a URI; expected a folder path"),
     ],
+    ids=["unknown decoder", "workers", "num classes", "decoder arg", "batch size", "aux weight", "s3 storage"],
 )
-def test_configs_that_cannot_work_fail_before_any_worker(shards, tmp_path, capsys, extra, message):
+def test_configs_that_cannot_work_fail_before_any_worker(shards, tmp_path, capsys, monkeypatch, extra, message):
+    """Refused with a named error before anything is written: neither the results folder, nor the MLflow store, nor
+    (from the working directory, where a URI taken as a path would land: ``s3:/bucket/...``) any other file."""
+    monkeypatch.chdir(tmp_path)
     assert main(train_args(shards, tmp_path, *extra)) == 2
     assert message in capsys.readouterr().err
-    assert not (tmp_path / "results").exists()
+    assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_missing_manifest_and_gpu_requests_are_named(local_ray, tmp_path, shards, capsys):
     assert main(train_args(tmp_path / "nothing", tmp_path)) == 2
     assert "not a prepared dataset" in capsys.readouterr().err

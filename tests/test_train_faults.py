@@ -1,11 +1,12 @@
 """Fault tolerance of ``nrd-bench train``, with real processes and no mocks: a node of a two-node Ray cluster dies
-mid-run, the driver is interrupted and run again, and the MLflow server goes away mid-run. Each time the run must
-end with the exact iteration count and leave one FINISHED MLflow run in which every metric step the workers logged
-is present exactly once; after a failure it must resume from its last checkpoint.
+mid-run, the driver is interrupted and run again, and the MLflow server goes away mid-run (once briefly, then for
+good, in one run). Each time the run must end with the exact iteration count and leave one FINISHED MLflow run in
+which every metric step the workers logged is present exactly once; after a failure it must resume from its last
+checkpoint.
 
 The driver always runs as a subprocess (``python -m pipeline.cli train``) in its own session, so that the test can
 kill it, or a node under it, while it trains; its output (worker lines arrive through Ray's log_to_driver) is read
-line by line. The pytest process never connects to Ray (``ray.init``): other modules keep theirs. Each test gives
+line by line. These tests never use the session's Ray of the pytest process (conftest.py). Each test gives
 Ray a private, short temp dir (``RAY_TMPDIR``): no ``ray.init()`` elsewhere on the machine can join these clusters,
 and whatever a killed driver leaves behind is found by that path and removed.
 """
@@ -35,8 +36,6 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Run  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from nrd.data import create_dataset, prepare_shards  # noqa: E402
-
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,14 +49,6 @@ CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"
 # Ray rewrites 127.0.0.1/localhost in a cluster address to the machine's outward IP, so the nodes of the test
 # cluster announce other loopback addresses: nothing leaves the machine and the driver can still join
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synthetic")
-    dataset = create_dataset("synthetic", num_samples={"train": 64, "val": 4}, size=(64, 64), num_classes=4, seed=5)
-    prepare_shards(dataset, out, progress=False)
-    return out
 
 
 def wait_for_exit(pids: list[int], timeout: float = 10) -> list[int]:
@@ -81,8 +72,9 @@ class TrainProcess:
     """``nrd-bench train ARGS`` in a new session; a thread collects its output lines (also written to ``log``, after
     the seconds since the start)."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path):
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, iterations: int = ITERATIONS):
         self.log = log
+        self.total = iterations
         self.lines: list[str] = []
         self.started = time.monotonic()
         self.process = subprocess.Popen(
@@ -126,7 +118,7 @@ class TrainProcess:
 
     def iterations(self) -> list[int]:
         """The iterations rank 0 has printed."""
-        return [int(match[1]) for match in self.matches(rf"\biter (\d+)/{ITERATIONS}\b")]
+        return [int(match[1]) for match in self.matches(rf"\biter (\d+)/{self.total}\b")]
 
     def iteration(self) -> int:
         """The last iteration rank 0 has printed (0 before the first)."""
@@ -200,9 +192,9 @@ def resumed_iteration(driver: TrainProcess) -> int:
     return int(driver.wait_for_line(r"\[rank 0\] resumed from checkpoint at iteration (\d+)")[1])
 
 
-def every(interval: int) -> list[int]:
+def every(interval: int, iterations: int = ITERATIONS) -> list[int]:
     """Steps of a metric logged every ``interval`` iterations and at the last one."""
-    return sorted({*range(interval, ITERATIONS + 1, interval), ITERATIONS})
+    return sorted({*range(interval, iterations + 1, interval), iterations})
 
 
 def check_single_run(tracking_uri: str, expected_steps: dict[str, list[int]], experiment: str = EXPERIMENT) -> Run:
@@ -232,6 +224,7 @@ def resumed_workers(driver: TrainProcess) -> dict[int, int]:
     return {int(m[1]): int(m[2]) for m in driver.matches(r"pid=(\d+)\).*resumed from checkpoint at iteration (\d+)")}
 
 
+@pytest.mark.timeout(TIMEOUT + 300)
 def test_node_failure_resumes_from_the_last_checkpoint(shards, tmp_path, ray_env, drivers):
     cluster = Cluster(
         initialize_head=True,
@@ -272,6 +265,7 @@ def test_node_failure_resumes_from_the_last_checkpoint(shards, tmp_path, ray_env
         cluster.shutdown()
 
 
+@pytest.mark.timeout(2 * TIMEOUT + 300)
 def test_interrupted_driver_resumes_when_run_again(shards, tmp_path, ray_env, drivers):
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = train_args(shards, tmp_path, "restart", "--cpus-per-worker", "1", "--tracking-uri", tracking_uri)
@@ -313,47 +307,39 @@ def buffered_steps(buffer: Path) -> list[int]:
     return steps
 
 
-def test_mlflow_server_outage_loses_no_metric(shards, tmp_path, ray_env, drivers, mlflow_server):
-    eval_interval = ITERATIONS // 2
-    args = train_args(
-        shards, tmp_path, "outage", "--cpus-per-worker", "1", "--tracking-uri", mlflow_server.uri,
-        "--eval-interval", str(eval_interval),
-    )  # fmt: skip
-    driver = TrainProcess(args, ray_env, tmp_path / "driver.log")
-    drivers.append(driver)
-    record = tmp_path / "results" / "outage" / "mlflow_run.json"
-    run_id = driver.wait_until(lambda: record.is_file() and json.loads(record.read_text())["run_id"], "the MLflow run")
-    client = MlflowClient(mlflow_server.uri)
-    driver.wait_until(lambda: client.get_metric_history(run_id, "loss"), "a loss value in MLflow")
-    mlflow_server.stop()
-    buffer = tmp_path / "results" / "outage" / "mlflow-buffer.jsonl"  # rank 0's, while MLflow cannot be reached
-    driver.wait_until(lambda: len(buffered_steps(buffer)) >= 2, "metrics buffered during the outage")
-    mlflow_server.start()
-
-    result = driver.finish()
-    assert result["iteration"] == ITERATIONS
-    run = check_single_run(mlflow_server.uri, {"loss": every(LOG_INTERVAL), "mIoU": every(eval_interval)})
-    assert run.info.run_id == run_id
-    assert not buffer.exists()
-
-
-def test_mlflow_server_that_never_returns_ends_with_the_files_to_replay(
+@pytest.mark.timeout(2 * TIMEOUT + 300)
+def test_mlflow_outages_lose_no_metric_and_a_server_that_never_returns_ends_with_the_files_to_replay(
     shards, tmp_path, ray_env, drivers, mlflow_server
 ):
-    """The run trains to the end, then fails with a clean error (exit 2, no traceback) naming the buffer files in
-    the order to replay them; once MLflow is back, replaying them gives the complete FINISHED run."""
+    """One run, two outages of the MLflow server. The first is short: rank 0 buffers the metrics it cannot send and
+    sends them once the server is back, while the run goes on. The second lasts past the end: the run trains to the
+    end, then fails with a clean error (exit 2, no traceback) naming the buffer files in the order to replay them;
+    once MLflow is back, replaying them gives the complete FINISHED run, every metric step exactly once."""
+    iterations = 2 * ITERATIONS  # room for both outages before the end
+    eval_interval = iterations // 2
     args = train_args(
-        shards, tmp_path, "gone", "--cpus-per-worker", "1", "--tracking-uri", mlflow_server.uri,
-        "--tracking-timeout", "3", "--experiment", "never-returns",
+        shards, tmp_path, "outages", "--cpus-per-worker", "1", "--tracking-uri", mlflow_server.uri,
+        "--iterations", str(iterations), "--eval-interval", str(eval_interval), "--tracking-timeout", "3",
+        "--experiment", "outages",
     )  # fmt: skip
-    driver = TrainProcess(args, ray_env, tmp_path / "driver.log")
+    driver = TrainProcess(args, ray_env, tmp_path / "driver.log", iterations)
     drivers.append(driver)
-    run_dir = tmp_path / "results" / "gone"
+    run_dir = tmp_path / "results" / "outages"
     record = run_dir / "mlflow_run.json"
     run_id = driver.wait_until(lambda: record.is_file() and json.loads(record.read_text())["run_id"], "the MLflow run")
     client = MlflowClient(mlflow_server.uri)
     driver.wait_until(lambda: client.get_metric_history(run_id, "loss"), "a loss value in MLflow")
-    mlflow_server.stop()
+
+    mlflow_server.stop()  # the short outage
+    buffer = run_dir / "mlflow-buffer.jsonl"  # rank 0's, while MLflow cannot be reached
+    held = driver.wait_until(lambda: len(steps := buffered_steps(buffer)) >= 2 and steps, "metrics buffered")
+    mlflow_server.start()
+    driver.wait_until(lambda: {m.step for m in client.get_metric_history(run_id, "loss")} >= set(held),
+                      "the buffered metrics sent once MLflow is back")  # fmt: skip
+    printed = driver.iteration()
+    assert printed < iterations, "the run ended before the second outage; give it more iterations"
+
+    mlflow_server.stop()  # the server that never returns
     try:
         driver.process.wait(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -371,7 +357,9 @@ def test_mlflow_server_that_never_returns_ends_with_the_files_to_replay(
     assert client.get_run(run_id).info.status == "RUNNING"  # the end of the run is in the driver's buffer
     for path in replays:
         subprocess.run([sys.executable, "-m", "pipeline.cli", "replay", path], cwd=REPO, check=True, timeout=120)
-    run = check_single_run(mlflow_server.uri, {"loss": every(LOG_INTERVAL), "mIoU": [ITERATIONS]}, "never-returns")
+    steps = {"loss": every(LOG_INTERVAL, iterations), "mIoU": every(eval_interval, iterations)}
+    run = check_single_run(mlflow_server.uri, steps, "outages")
     assert run.info.run_id == run_id
+    assert not buffer.exists()
     artifacts = {artifact.path for artifact in client.list_artifacts(run_id)}
     assert {"config.yaml", "per_class_iou.csv", "predictions", "weights"} <= artifacts

@@ -1,28 +1,35 @@
-"""`nrd-bench tune` then `nrd-bench pareto`, end to end on a real local Ray and real MLflow (sqlite and an
-`mlflow server` on 127.0.0.1), and a sweep whose driver is killed and resumed."""
+"""`nrd-bench tune` then `nrd-bench pareto` and `nrd-bench report`, end to end on a real local Ray and real MLflow
+(sqlite and an `mlflow server` on 127.0.0.1): Optuna's multi-objective search, ASHA stopping a weak trial, and a
+grid sweep whose driver is killed and resumed (the one FIFO grid sweep on sqlite: it is also checked whole). The
+Pareto and report checks read the runs the real training code wrote (tags such as ``eval_input`` included)."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
 from conftest import processes_using  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from nrd.data import create_dataset, prepare_shards  # noqa: E402
 from pipeline.commands.cli import main  # noqa: E402
 from pipeline.names import KIND_SWEEP, KIND_TAG  # noqa: E402
+from pipeline.search.spaces import load_space  # noqa: E402
+from pipeline.search.tune import ASHA, tune_config  # noqa: E402
 
-pytestmark = pytest.mark.slow
+RUNG = 16  # ASHA_SPACE's grace_period
+EVAL_INPUT = "1x3x64x64"  # the input size the trials' cost is counted at: batch 1, RGB, the 64x64 val images
 
 SPACE = """
 search:
@@ -45,22 +52,6 @@ FIFO = "  objectives: {mIoU: max}\n  scheduler: fifo"
 OPTUNA = "  objectives: {mIoU: max, gmacs_model: min}\n  scheduler: fifo\n  num_samples: 1"
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synthetic")
-    dataset = create_dataset("synthetic", num_samples={"train": 32, "val": 4}, size=(64, 64), num_classes=4, seed=5)
-    prepare_shards(dataset, out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2)  # with the dashboard: Train's placement-group cleaner needs it
-    yield
-    ray.shutdown()
-
-
 def write_space(tmp_path: Path, decoders: str, search: str = FIFO, distribution: str = "grid") -> Path:
     path = tmp_path / "space.yaml"
     path.write_text(SPACE.format(decoders=decoders, search=search, distribution=distribution))
@@ -73,13 +64,9 @@ def children(client: MlflowClient, parent) -> list:
     )
 
 
-def sweep_then_pareto(tracking_uri, shards, tmp_path, capsys, decoders: list[str], search: str, objectives) -> None:
-    distribution = "choice" if search == OPTUNA else "grid"
-    space = write_space(tmp_path, ", ".join(decoders), search, distribution)
-    args = ["tune", "--space", str(space), "--dataset-dir", str(shards), "--storage-path", str(tmp_path / "results"),
-            "--tracking-uri", tracking_uri, "--experiment", "sweeps", "--name", "e2e"]  # fmt: skip
-    assert main(args) == 0
-    parent_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["parent_run_id"]
+def check_sweep(tracking_uri, parent_id, tmp_path, capsys, decoders: list[str], objectives: dict) -> list:
+    """The sweep's parent run and its trials in MLflow, then `nrd-bench pareto` and `nrd-bench report` on the
+    trials' runs as training wrote them; returns the trials' runs."""
     client = MlflowClient(tracking_uri)
     parent = client.get_run(parent_id)
     assert parent.data.tags[KIND_TAG] == KIND_SWEEP and parent.info.status == "FINISHED"
@@ -97,18 +84,64 @@ def sweep_then_pareto(tracking_uri, shards, tmp_path, capsys, decoders: list[str
         assert {"config.yaml", "weights"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
     out = tmp_path / "pareto"
+    capsys.readouterr()
     assert main(["pareto", "--parent-run", parent_id, "--tracking-uri", tracking_uri, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "synthetic" in printed and ".png" in printed
+    assert f"cost counted at input {EVAL_INPUT}" in printed, printed  # the tag training wrote, read by pareto
     assert list(out.glob("*.png"))
+    (table,) = out.glob("*.csv")
+    with open(table, newline="") as file:
+        assert {row["eval_input"] for row in csv.DictReader(file)} == {EVAL_INPUT}
     tagged = {run.info.run_id: run.data.tags for run in children(client, parent)}
     assert all(tags["pareto_optimal"] in ("true", "false") for tags in tagged.values())
     assert any(tags["pareto_optimal"] == "true" for tags in tagged.values())
 
+    report = tmp_path / "report"
+    experiment = client.get_experiment(parent.info.experiment_id).name
+    assert main(["report", "--experiment", experiment, "--tracking-uri", tracking_uri, "--out", str(report)]) == 0
+    capsys.readouterr()
+    with open(report / "report_synthetic.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert sorted(row["decoder"] for row in rows) == sorted({run.data.tags["decoder"] for run in finished})
+    for row in rows:  # the report's columns from the tags and metrics training wrote
+        run = client.get_run(row["run_id"])
+        assert row["eval_input"] == EVAL_INPUT and row["device"] == "cpu", row
+        assert float(row["gmacs_model"]) == run.data.metrics["gmacs_model"]
+        assert row["commit"] == run.data.tags["git_commit"]
+    return trials
 
-def test_sweep_and_pareto_on_sqlite(local_ray, shards, tmp_path, capsys):
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sweep_then_pareto(tracking_uri, shards, tmp_path, capsys, ["nrd", "bilinear"], FIFO, {"mIoU": "max"})
+
+def sweep(space: Path, shards: Path, tmp_path: Path, tracking_uri: str, name: str, capsys, *extra: str) -> str:
+    """`nrd-bench tune` in this process (on the session's Ray); returns the parent run id it printed."""
+    args = ["tune", "--space", str(space), "--dataset-dir", str(shards), "--storage-path", str(tmp_path / "results"),
+            "--tracking-uri", tracking_uri, "--name", name, *extra]  # fmt: skip
+    assert main(args) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["parent_run_id"]
+
+
+# ------------------------------------------------------------------------------------------------- tune_config
+def test_tune_config_picks_optuna_for_several_objectives_asha_or_fifo_for_one(tmp_path):
+    """Which Tune search each space gets: Optuna's multi-objective sampler (every objective with its mode, no
+    scheduler), ASHA with the space's rungs on the one objective, or plain FIFO."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    several = tune_config(load_space(write_space(tmp_path, "bilinear", OPTUNA, "choice")))
+    searcher = several.search_alg
+    assert isinstance(searcher, OptunaSearch) and several.scheduler is None
+    assert (searcher.metric, searcher.mode) == (["mIoU", "gmacs_model"], ["max", "min"])
+    assert several.num_samples == 1 and several.max_concurrent_trials == 1
+
+    asha_space = tmp_path / "asha.yaml"
+    asha_space.write_text(ASHA_SPACE)
+    one = tune_config(load_space(asha_space))
+    assert isinstance(one.scheduler, ASHA) and one.search_alg is None
+    assert (one.metric, one.mode) == ("loss", "min")
+    assert (one.scheduler._time_attr, one.scheduler._max_t) == ("iteration", 20)
+    assert [milestone for milestone, _ in one.scheduler._brackets[0]._rungs] == [16]  # grace 16, x2 > max_t 20
+
+    fifo = tune_config(load_space(write_space(tmp_path, "nrd, bilinear")))
+    assert fifo.scheduler is None and fifo.search_alg is None and (fifo.metric, fifo.mode) == ("mIoU", "max")
 
 
 ASHA_SPACE = """
@@ -135,41 +168,74 @@ space:
 """
 
 
-def test_asha_stops_a_trial_and_the_sweep_goes_on(local_ray, shards, tmp_path, capsys):
-    """ASHA on the training loss: the second trial cannot learn (lr 1e-9), so at the rung (iteration 16) its loss is
-    still the initial one, above the first trial's, and ASHA stops it. (Val mIoU cannot order trials this short: a
-    model that has just learnt to say "background" scores below a random one.) The third trial must still start and
-    finish (a stopped trial must not keep resources), and the stopped one is closed in MLflow as KILLED."""
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_asha_stops_the_trial_whose_loss_is_worse_at_the_rung(local_ray, shards, tmp_path, capsys):
+    """ASHA on the training loss, one rung at iteration 16 (grace_period), reduction factor 2, trials one at a time
+    with lr 0.05, 1e-9, 0.05: the 1e-9 trial cannot learn, so at the rung its loss is still the initial one. Each
+    trial's fate must follow ASHA's rule on the losses MLflow holds, not its place in the order: a trial is stopped
+    exactly when its loss at the rung is above the median of the rung losses of the trials that reached the rung
+    before it (the cutoff for reduction factor 2). So the learning trial that reaches the rung after the stopped one
+    must finish, and a scheduler that stopped by arrival order would fail here. (Val mIoU cannot order trials this
+    short: a model that has just learnt to say "background" scores below a random one.) A stopped trial must not
+    keep resources, and is closed in MLflow as KILLED."""
     space = tmp_path / "asha.yaml"
     space.write_text(ASHA_SPACE)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["tune", "--space", str(space), "--dataset-dir", str(shards), "--storage-path", str(tmp_path / "results"),
-            "--tracking-uri", tracking_uri, "--name", "asha"]  # fmt: skip
-    assert main(args) == 0
-    parent_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["parent_run_id"]
+    parent_id = sweep(space, shards, tmp_path, tracking_uri, "asha", capsys)
     client = MlflowClient(tracking_uri)
-    trials = children(client, client.get_run(parent_id))
-    by_lr = sorted(trials, key=lambda run: (float(run.data.params["schedule.lr"]), run.info.start_time))
-    statuses = [run.info.status for run in by_lr]
+    trials = sorted(children(client, client.get_run(parent_id)), key=lambda run: run.info.start_time)
     assert len(trials) == 3 and all(run.data.tags["trial_id"] for run in trials)
-    at_rung = {run.data.params["schedule.lr"]: [m.value for m in client.get_metric_history(run.info.run_id, "loss")
-                                                if m.step == 16] for run in by_lr}  # fmt: skip
-    assert statuses[0] == "KILLED", (statuses, at_rung)  # the lr 1e-9 trial
-    assert by_lr[0].data.tags["stopped_early"] == "true"
-    assert max(run.info.start_time for run in trials) > by_lr[0].info.start_time  # a trial started after the stop
-    assert "FINISHED" in statuses[1:]
-    stopped_steps = [m.step for m in client.get_metric_history(by_lr[0].info.run_id, "loss")]
-    assert 16 in stopped_steps and max(stopped_steps) < 20  # stopped at the rung, before the end
+    assert [float(run.data.params["schedule.lr"]) for run in trials] == [0.05, 1e-9, 0.05]  # the grid, in order
+    history = {run.info.run_id: client.get_metric_history(run.info.run_id, "loss") for run in trials}
+    at_rung = {run_id: [m.value for m in metrics if m.step == RUNG] for run_id, metrics in history.items()}
+    assert all(len(values) == 1 for values in at_rung.values()), at_rung
+
+    expected, earlier = [], []
+    for run in trials:
+        loss = at_rung[run.info.run_id][0]
+        expected.append("KILLED" if earlier and loss > np.percentile(earlier, 50) else "FINISHED")
+        earlier.append(loss)
+    statuses = [run.info.status for run in trials]
+    assert statuses == expected, (statuses, [at_rung[run.info.run_id] for run in trials])
+    assert statuses == ["FINISHED", "KILLED", "FINISHED"], (statuses, at_rung)  # the lr 1e-9 trial, and only it
+    stopped = trials[1]
+    assert stopped.data.tags["stopped_early"] == "true"
+    stopped_steps = [m.step for m in history[stopped.info.run_id]]
+    assert RUNG in stopped_steps and max(stopped_steps) < 20  # stopped at the rung, before the end
+    assert trials[2].info.start_time > stopped.info.start_time  # the sweep went on after the stop
+    assert max(m.step for m in history[trials[2].info.run_id]) == 20
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_multi_objective_sweep_and_pareto_on_an_mlflow_server(local_ray, shards, tmp_path, capsys, mlflow_server):
-    """Optuna's multi-objective sampler (mIoU max, GMACs min), one trial, tracked over HTTP."""
+    """Optuna's multi-objective sampler (mIoU max, GMACs min), one trial, tracked over HTTP. That Optuna ran the
+    search is read from the searcher state Tune saved beside the sweep: an Optuna study with both directions, whose
+    trial was told both objective values the trial's MLflow run holds."""
+    import optuna
+
+    space = write_space(tmp_path, "bilinear", OPTUNA, "choice")
+    parent_id = sweep(space, shards, tmp_path, mlflow_server.uri, "e2e", capsys, "--experiment", "sweeps")
     objectives = {"mIoU": "max", "gmacs_model": "min"}
-    sweep_then_pareto(mlflow_server.uri, shards, tmp_path, capsys, ["bilinear"], OPTUNA, objectives)
+    (trial,) = check_sweep(mlflow_server.uri, parent_id, tmp_path, capsys, ["bilinear"], objectives)
+
+    states = sorted((tmp_path / "results" / "e2e").glob("searcher-state-*.pkl"))
+    assert states, f"no searcher state in {tmp_path / 'results' / 'e2e'}: Tune ran without a search algorithm"
+    with open(states[-1], "rb") as file:
+        state = pickle.load(file)
+    study = state["_ot_study"]
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    (done,) = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert done.values == [trial.data.metrics["mIoU"], trial.data.metrics["gmacs_model"]]
 
 
-def test_killed_sweep_resumes_without_rerunning_or_duplicating(shards, tmp_path, ray_env):
-    """The driver (with its own local Ray, in a private RAY_TMPDIR) is SIGKILLed once a trial has finished."""
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_killed_sweep_resumes_without_rerunning_or_duplicating(shards, tmp_path, ray_env, capsys):
+    """A FIFO grid sweep (nrd, bilinear) on SQLite whose driver (with its own local Ray, in a private RAY_TMPDIR)
+    is SIGKILLed once a trial has finished; run again with --resume it completes, and the whole sweep is then
+    checked as any other (parent, trials, pareto, report)."""
     space = write_space(tmp_path, "bilinear, nrd")
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = [sys.executable, "-m", "pipeline.cli", "tune", "--space", str(space), "--dataset-dir", str(shards),
@@ -203,8 +269,9 @@ def test_killed_sweep_resumes_without_rerunning_or_duplicating(shards, tmp_path,
     trials = [r for r in runs if r.data.tags.get("trial_id")]
     trial_ids = [r.data.tags["trial_id"] for r in trials]
     assert len(trial_ids) == len(set(trial_ids)) == 2  # no child run duplicated
-    assert sorted(r.data.tags["decoder"] for r in trials) == ["bilinear", "nrd"]
     again = client.get_run(first_trial.info.run_id)
     assert again.info.end_time == first_trial.info.end_time  # the finished trial was not rerun
     assert all(r.info.status == "FINISHED" for r in trials)
     assert len([r for r in runs if r.data.tags.get(KIND_TAG) == KIND_SWEEP]) == 1
+    parent_id = json.loads(resumed.stdout.strip().splitlines()[-1])["parent_run_id"]
+    check_sweep(tracking_uri, parent_id, tmp_path, capsys, ["bilinear", "nrd"], {"mIoU": "max"})
