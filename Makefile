@@ -20,14 +20,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/nrd-bench demo $(DEMO_ARGS)
 
-test: $(STAMP)
+lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest
 
 # The inner loop while changing code (under 2 minutes): every test not marked slow, i.e. no Ray workers, no sweep,
 # no fault injection, no fresh clone. `make test` is still what counts.
-test-fast: $(STAMP)
-	$(VENV)/bin/ruff check .
+test-fast: lint
 	$(PY) -m pytest -m "not slow" -q
 
 clean:

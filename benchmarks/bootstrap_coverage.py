@@ -66,8 +66,7 @@ def counts(rng, pixels, target, difficulty, base, shift, expected: bool = False)
 def truth(rng, pixels, target, difficulty, base, seed_sd: float) -> tuple[float, float]:
     """The mean over seeds of the population mIoU, and its standard deviation over seeds (the seed noise)."""
     shifts = rng.normal(0.0, seed_sd, (TRUTH_SEEDS, K)) if seed_sd else np.zeros((1, K))
-    values = [scores_from_counts(counts(rng, pixels, target, difficulty, base, s, True).sum(0))["mIoU"]
-              for s in shifts]  # fmt: skip
+    values = [scores_from_counts(counts(rng, pixels, target, difficulty, base, s, True).sum(0))["mIoU"] for s in shifts]
     return float(np.mean(values)), float(np.std(values))
 
 
@@ -99,12 +98,21 @@ def main() -> None:
             hits += estimate.low <= target <= estimate.high
             widths.append(estimate.high - estimate.low)
         coverage = hits / args.trials
-        rows.append({"seeds": seeds, "seed_sd": seed_sd, "images": args.images, "trials": args.trials,
-                     "resamples": args.resamples, "true_mIoU": round(target, 3),
-                     "seed_sd_mIoU": round(seed_noise, 3), "coverage": coverage,
-                     "coverage_se": round(math.sqrt(coverage * (1 - coverage) / args.trials), 4),
-                     "median_width": round(float(np.median(widths)), 3),
-                     "seconds": round(time.perf_counter() - started, 1)})  # fmt: skip
+        rows.append(
+            {
+                "seeds": seeds,
+                "seed_sd": seed_sd,
+                "images": args.images,
+                "trials": args.trials,
+                "resamples": args.resamples,
+                "true_mIoU": round(target, 3),
+                "seed_sd_mIoU": round(seed_noise, 3),
+                "coverage": coverage,
+                "coverage_se": round(math.sqrt(coverage * (1 - coverage) / args.trials), 4),
+                "median_width": round(float(np.median(widths)), 3),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
         print(rows[-1], flush=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     with open(args.out_dir / "bootstrap_coverage.csv", "w", newline="") as handle:

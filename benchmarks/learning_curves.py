@@ -192,8 +192,13 @@ def evaluate(model, val_batches, num_classes: int) -> dict[str, float]:
 def git_commit() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return commit.stdout.strip() + ("+uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -203,8 +208,12 @@ def decoder_gmacs(variant: str, s: Settings, num_classes: int) -> dict[str, floa
     decoder, kwargs = VARIANTS[variant]
     model = create_model(decoder, s.encoder, num_classes, aux_head=False, **kwargs)
     report = measure_cost(model, (1, 3, *s.crop_size))
-    return {"decoder_gmacs": report.gmacs["decoder"], "head_gmacs": report.gmacs["head"],
-            "model_gmacs": report.gmacs["model"], "decoder_params_m": report.params_m["decoder"]}  # fmt: skip
+    return {
+        "decoder_gmacs": report.gmacs["decoder"],
+        "head_gmacs": report.gmacs["head"],
+        "model_gmacs": report.gmacs["model"],
+        "decoder_params_m": report.params_m["decoder"],
+    }
 
 
 class Run:
@@ -252,14 +261,23 @@ class Run:
         evaluation = evaluate(self.model, self.val_batches, self.num_classes)
         probe = self.val_batches[0][0].unsqueeze(0)
         share = within_patch_share(self.model.eval(), probe) if self.variant in NRD_VARIANTS else math.nan
-        self.on_eval({
-            "dataset": self.s.dataset, "variant": self.variant, "decoder": self.decoder, "seed": self.seed,
-            "iteration": self.iteration, "lr": learning_rate(max(self.iteration - 1, 0), self.s),
-            "train_loss": self.window_loss / self.window_steps if self.window_steps else math.nan,
-            "mIoU": evaluation["mIoU"], "aAcc": evaluation["aAcc"], "within_patch_share": share,
-            "train_s": self.train_time, "eval_s": time.perf_counter() - start,
-            "median_step_s": float(np.median(self.step_times)) if self.step_times else math.nan,
-        })  # fmt: skip
+        self.on_eval(
+            {
+                "dataset": self.s.dataset,
+                "variant": self.variant,
+                "decoder": self.decoder,
+                "seed": self.seed,
+                "iteration": self.iteration,
+                "lr": learning_rate(max(self.iteration - 1, 0), self.s),
+                "train_loss": self.window_loss / self.window_steps if self.window_steps else math.nan,
+                "mIoU": evaluation["mIoU"],
+                "aAcc": evaluation["aAcc"],
+                "within_patch_share": share,
+                "train_s": self.train_time,
+                "eval_s": time.perf_counter() - start,
+                "median_step_s": float(np.median(self.step_times)) if self.step_times else math.nan,
+            }
+        )
         self.window_loss, self.window_steps = 0.0, 0
 
 
@@ -283,19 +301,26 @@ def plot(rows: list[dict], s: Settings, path: Path) -> None:
     styles = ["-", "--", ":", "-."]
     for variant in s.variants:
         for k, seed in enumerate(s.seeds):
-            points = sorted((r["iteration"], r["mIoU"], r["within_patch_share"]) for r in rows
-                            if r["variant"] == variant and r["seed"] == seed)  # fmt: skip
+            points = sorted(
+                (r["iteration"], r["mIoU"], r["within_patch_share"])
+                for r in rows
+                if r["variant"] == variant and r["seed"] == seed
+            )
             if not points:
                 continue
             its, miou, share = zip(*points, strict=True)
             label = f"{variant} (seed {seed})"
             ax_miou.plot(its, miou, styles[k % 4], color=colours[variant], marker="o", ms=3, label=label)
             if variant in NRD_VARIANTS:
-                ax_share.semilogy(its, np.maximum(share, 1e-16), styles[k % 4], color=colours[variant], marker="o",
-                                  ms=3, label=label)  # fmt: skip
-    ax_miou.set(xlabel="iteration", ylabel="val mIoU (%)",
-                title=f"{s.dataset}: {s.encoder} from scratch, batch {s.batch_size}, crop {s.crop_size}, "
-                      f"{s.val_images} val images")  # fmt: skip
+                ax_share.semilogy(
+                    its, np.maximum(share, 1e-16), styles[k % 4], color=colours[variant], marker="o", ms=3, label=label
+                )
+    ax_miou.set(
+        xlabel="iteration",
+        ylabel="val mIoU (%)",
+        title=f"{s.dataset}: {s.encoder} from scratch, batch {s.batch_size}, crop {s.crop_size}, "
+        f"{s.val_images} val images",
+    )
     ax_miou.grid(alpha=0.3)
     ax_miou.legend(fontsize=7)
     ax_share.set(xlabel="iteration", ylabel="within-patch share of logit variance", title="NRD's g_θ logits")
@@ -312,12 +337,17 @@ def markdown_table(csv_path: Path) -> str:
     for seed in sorted({int(r["seed"]) for r in rows}):
         mine = [r for r in rows if int(r["seed"]) == seed]
         iterations = sorted({int(r["iteration"]) for r in mine})
-        lines += [f"seed {seed}", "", "| variant | " + " | ".join(str(i) for i in iterations) + " |",
-                  "|---|" + "---:|" * len(iterations)]  # fmt: skip
+        lines += [
+            f"seed {seed}",
+            "",
+            "| variant | " + " | ".join(str(i) for i in iterations) + " |",
+            "|---|" + "---:|" * len(iterations),
+        ]
         for variant in dict.fromkeys(r["variant"] for r in mine):
             values = {int(r["iteration"]): float(r["mIoU"]) for r in mine if r["variant"] == variant}
-            lines.append(f"| {variant} | " + " | ".join(f"{values[i]:.1f}" if i in values else "" for i in iterations)
-                         + " |")  # fmt: skip
+            lines.append(
+                f"| {variant} | " + " | ".join(f"{values[i]:.1f}" if i in values else "" for i in iterations) + " |"
+            )
         shares = {(r["variant"], int(r["iteration"])): float(r["within_patch_share"]) for r in mine}
         for variant in NRD_VARIANTS:
             if any(v == variant for v, _ in shares):
@@ -328,8 +358,13 @@ def markdown_table(csv_path: Path) -> str:
 
 
 def versions() -> dict[str, str]:
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine()}  # fmt: skip
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
 def parse_args(argv=None):
@@ -338,8 +373,9 @@ def parse_args(argv=None):
     parser.add_argument("--camvid-root", type=Path, default=DEFAULT_CAMVID)
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--iterations", type=int, default=400)
-    parser.add_argument("--warmup", type=int, default=None, help="warm-up iterations (default: iterations / 21, "
-                        "the official 4k of 84k)")  # fmt: skip
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="warm-up iterations (default: iterations / 21, the official 4k of 84k)"
+    )
     parser.add_argument("--eval-interval", type=int, default=None, help="default: iterations / 8")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop", type=int, default=128, help="training crop side (a multiple of 32)")
@@ -352,8 +388,13 @@ def parse_args(argv=None):
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--measure-steps", type=int, default=0, help="only time this many steps per variant")
-    parser.add_argument("--time-limit", type=float, default=0.0, help="stop (all variants at the same iteration) "
-                        "when the next evaluation round would end after this many seconds; 0: no limit")  # fmt: skip
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=0.0,
+        help="stop (all variants at the same iteration) "
+        "when the next evaluation round would end after this many seconds; 0: no limit",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
     parser.add_argument("--summarize", type=Path, default=None, help="print a results CSV's mIoU tables and exit")
     args = parser.parse_args(argv)
@@ -378,14 +419,29 @@ def main(argv=None) -> int:
     train, val, num_classes, train_cfg, val_cfg = build_data(args)
     iterations = args.iterations
     settings = Settings(
-        dataset=args.dataset, encoder=args.encoder, iterations=iterations,
+        dataset=args.dataset,
+        encoder=args.encoder,
+        iterations=iterations,
         warmup=args.warmup if args.warmup is not None else max(1, round(iterations / 21)),
-        eval_interval=args.eval_interval or max(1, iterations // 8), batch_size=args.batch_size, lr=args.lr,
-        momentum=0.9, weight_decay=5e-4, warmup_ratio=0.01, power=0.9, min_lr=1e-4, aux_weight=0.4,
-        loss_reduction=args.loss_reduction, base_scale=train_cfg.base_scale, crop_size=train_cfg.crop_size,
-        test_scale=val_cfg.test_scale, val_images=len(val), train_images=len(train), threads=args.threads,
-        seeds=tuple(args.seeds), variants=tuple(args.variants),
-    )  # fmt: skip
+        eval_interval=args.eval_interval or max(1, iterations // 8),
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=0.9,
+        weight_decay=5e-4,
+        warmup_ratio=0.01,
+        power=0.9,
+        min_lr=1e-4,
+        aux_weight=0.4,
+        loss_reduction=args.loss_reduction,
+        base_scale=train_cfg.base_scale,
+        crop_size=train_cfg.crop_size,
+        test_scale=val_cfg.test_scale,
+        val_images=len(val),
+        train_images=len(train),
+        threads=args.threads,
+        seeds=tuple(args.seeds),
+        variants=tuple(args.variants),
+    )
     val_transform = ValTransform(val_cfg)
     val_batches = []
     for image, label in val:
@@ -407,18 +463,45 @@ def main(argv=None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"learning_curves_{args.dataset}{'_' + args.tag if args.tag else ''}"
     csv_path, json_path, png_path = (args.out_dir / f"{stem}.{ext}" for ext in ("csv", "json", "png"))
-    fields = ["dataset", "variant", "decoder", "seed", "iteration", "lr", "train_loss", "mIoU", "aAcc",
-              "within_patch_share", "train_s", "eval_s", "median_step_s", "wall_s"]  # fmt: skip
+    fields = [
+        "dataset",
+        "variant",
+        "decoder",
+        "seed",
+        "iteration",
+        "lr",
+        "train_loss",
+        "mIoU",
+        "aAcc",
+        "within_patch_share",
+        "train_s",
+        "eval_s",
+        "median_step_s",
+        "wall_s",
+    ]
     rows: list[dict] = []
     cost = {variant: decoder_gmacs(variant, settings, num_classes) for variant in settings.variants}
     summary = {
-        "benchmark": "learning_curves", "settings": asdict(settings), "num_classes": num_classes,
-        "git_commit": git_commit(), "versions": versions(), "command": " ".join(sys.argv),
-        "cost": {"input": [1, 3, *settings.crop_size], "convention": CONVENTION, "counter": COUNTER,
-                 "per_variant": cost},
-        "variant_kwargs": {v: VARIANTS[v][1] for v in settings.variants}, "wall_s": {}, "median_step_s": {},
-        "first_beats_bilinear": {}, "last_iteration": {}, "stopped": None, "complete": False,
-    }  # fmt: skip
+        "benchmark": "learning_curves",
+        "settings": asdict(settings),
+        "num_classes": num_classes,
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "command": " ".join(sys.argv),
+        "cost": {
+            "input": [1, 3, *settings.crop_size],
+            "convention": CONVENTION,
+            "counter": COUNTER,
+            "per_variant": cost,
+        },
+        "variant_kwargs": {v: VARIANTS[v][1] for v in settings.variants},
+        "wall_s": {},
+        "median_step_s": {},
+        "first_beats_bilinear": {},
+        "last_iteration": {},
+        "stopped": None,
+        "complete": False,
+    }
 
     def write_summary() -> None:
         summary["wall_s"]["total"] = time.perf_counter() - wall_start
@@ -433,9 +516,11 @@ def main(argv=None) -> int:
             rows.append(row)
             writer.writerow(row)
             handle.flush()
-            print(f"{row['variant']:16s} seed {row['seed']} it {row['iteration']:5d}  mIoU {row['mIoU']:6.2f}  "
-                  f"share {row['within_patch_share']:.2e}  loss {row['train_loss']:.3f}  wall {row['wall_s']:.0f}s",
-                  flush=True)  # fmt: skip
+            print(
+                f"{row['variant']:16s} seed {row['seed']} it {row['iteration']:5d}  mIoU {row['mIoU']:6.2f}  "
+                f"share {row['within_patch_share']:.2e}  loss {row['train_loss']:.3f}  wall {row['wall_s']:.0f}s",
+                flush=True,
+            )
 
         targets = [*range(settings.eval_interval, settings.iterations, settings.eval_interval), settings.iterations]
         stopped = False
@@ -464,8 +549,10 @@ def main(argv=None) -> int:
                 plot(rows, settings, png_path)
                 elapsed = time.perf_counter() - wall_start
                 if args.time_limit and elapsed + 1.2 * round_s > args.time_limit and target != targets[-1]:
-                    summary["stopped"] = (f"time limit {args.time_limit:.0f} s: stopped after iteration {target} of "
-                                          f"{settings.iterations} (seed {seed})")  # fmt: skip
+                    summary["stopped"] = (
+                        f"time limit {args.time_limit:.0f} s: stopped after iteration {target} of "
+                        f"{settings.iterations} (seed {seed})"
+                    )
                     print(summary["stopped"], flush=True)
                     stopped = True
                     break

@@ -52,13 +52,20 @@ STEP_TIME_GOAL = 1.10  # Ray's steady-state step time may exceed the plain loop'
 def make_config(args: argparse.Namespace, dataset_dir: Path, storage: Path) -> TrainConfig:
     """The run both sides train: eval and checkpoint only at the end, so that no log window holds them."""
     schedule = {
-        "iterations": args.iterations, "batch_size": args.batch_size, "lr": 0.01, "seed": args.seed,
-        "log_interval": args.log_interval, "eval_interval": args.iterations, "checkpoint_interval": args.iterations,
-    }  # fmt: skip
+        "iterations": args.iterations,
+        "batch_size": args.batch_size,
+        "lr": 0.01,
+        "seed": args.seed,
+        "log_interval": args.log_interval,
+        "eval_interval": args.iterations,
+        "checkpoint_interval": args.iterations,
+    }
     run = {
-        "storage_path": str(storage), "name": "overhead", "experiment": "train-overhead",
+        "storage_path": str(storage),
+        "name": "overhead",
+        "experiment": "train-overhead",
         "tracking_uri": f"sqlite:///{storage / 'mlflow.db'}",
-    }  # fmt: skip
+    }
     values = {
         "model": {"decoder": args.decoder, "encoder": args.encoder},
         "data": {"dataset_dir": str(dataset_dir), "crop_size": [args.size, args.size]},
@@ -215,9 +222,12 @@ def main(argv=None) -> int:
         scratch = Path(scratch)
         load_before = [round(value, 2) for value in os.getloadavg()]
         dataset = create_dataset(
-            "synthetic", num_samples={"train": args.train_samples, "val": 8}, size=(args.size, args.size),
-            num_classes=6, seed=args.seed,
-        )  # fmt: skip
+            "synthetic",
+            num_samples={"train": args.train_samples, "val": 8},
+            size=(args.size, args.size),
+            num_classes=6,
+            seed=args.seed,
+        )
         prepare_shards(dataset, scratch / "data", progress=False)
         config, manifest = resolve(make_config(args, scratch / "data", scratch / "runs"))
 
@@ -265,14 +275,27 @@ def summarise(plain: dict, ray_run: dict, ingest: dict, config: TrainConfig) -> 
     plain_step = steady_step_time(plain["windows"], interval)
     ray_step = steady_step_time(ray_run["windows"], interval)
     rows = [
-        {"measurement": "plain", "step_s": round(plain_step, 4), "images_per_s": round(batch / plain_step, 2),
-         "data_s": round(plain["data_s"], 4), "compute_s": round(plain["compute_s"], 4),
-         "windows_s": " ".join(f"{s:.3f}" for s in plain["windows"])},
-        {"measurement": "ray", "step_s": round(ray_step, 4), "images_per_s": round(batch / ray_step, 2),
-         "windows_s": " ".join(f"{s:.3f}" for s in ray_run["windows"])},
-        {"measurement": "ray_data", "images_per_s": round(ingest["images_per_s"], 2),
-         "first_batch_s": round(ingest["first_batch_s"], 3), "pass_s": round(ingest["pass_s"], 3)},
-    ]  # fmt: skip
+        {
+            "measurement": "plain",
+            "step_s": round(plain_step, 4),
+            "images_per_s": round(batch / plain_step, 2),
+            "data_s": round(plain["data_s"], 4),
+            "compute_s": round(plain["compute_s"], 4),
+            "windows_s": " ".join(f"{s:.3f}" for s in plain["windows"]),
+        },
+        {
+            "measurement": "ray",
+            "step_s": round(ray_step, 4),
+            "images_per_s": round(batch / ray_step, 2),
+            "windows_s": " ".join(f"{s:.3f}" for s in ray_run["windows"]),
+        },
+        {
+            "measurement": "ray_data",
+            "images_per_s": round(ingest["images_per_s"], 2),
+            "first_batch_s": round(ingest["first_batch_s"], 3),
+            "pass_s": round(ingest["pass_s"], 3),
+        },
+    ]
     summary = {
         "step_time_ratio": round(ray_step / plain_step, 3),
         "step_time_ratio_vs_plain_compute": round(ray_step / plain["compute_s"], 3),
@@ -286,22 +309,28 @@ def summarise(plain: dict, ray_run: dict, ingest: dict, config: TrainConfig) -> 
 def print_report(rows: list[dict], summary: dict, settings: dict, data_cpus: float) -> None:
     plain, ray_run, ingest = rows
     schedule, crop = settings["schedule"], "x".join(map(str, settings["data"]["crop_size"]))
-    print(f"\n{settings['model']['decoder']}/{settings['model']['encoder']}, {schedule['iterations']} iterations of "
-          f"batch {schedule['batch_size']} at {crop}, {settings['torch_threads_plain']} torch thread(s) (Ray worker: "
-          f"{settings['torch_threads_ray_worker']}); steady state = median of {schedule['log_interval']}-iteration "
-          "windows after the first")  # fmt: skip
+    print(
+        f"\n{settings['model']['decoder']}/{settings['model']['encoder']}, {schedule['iterations']} iterations of "
+        f"batch {schedule['batch_size']} at {crop}, {settings['torch_threads_plain']} torch thread(s) (Ray worker: "
+        f"{settings['torch_threads_ray_worker']}); steady state = median of {schedule['log_interval']}-iteration "
+        "windows after the first"
+    )
     print(f"{'':<24}{'plain PyTorch':>15}{'nrd-bench train':>17}{'ratio':>8}")
     verdict = "met" if summary["meets_goal"] else "NOT met"
-    print(f"{'step time (s)':<24}{plain['step_s']:>15.3f}{ray_run['step_s']:>17.3f}{summary['step_time_ratio']:>8.3f}"
-          f"   goal <= {summary['step_time_goal']:.2f}: {verdict}")  # fmt: skip
+    print(
+        f"{'step time (s)':<24}{plain['step_s']:>15.3f}{ray_run['step_s']:>17.3f}{summary['step_time_ratio']:>8.3f}"
+        f"   goal <= {summary['step_time_goal']:.2f}: {verdict}"
+    )
     print(f"{'  data (s)':<24}{plain['data_s']:>15.3f}{'in Ray Data':>17}")
     compute_ratio = summary["step_time_ratio_vs_plain_compute"]
     print(f"{'  compute (s)':<24}{plain['compute_s']:>15.3f}{'':>17}{compute_ratio:>8.3f}")
     print(f"{'images/s':<24}{plain['images_per_s']:>15.1f}{ray_run['images_per_s']:>17.1f}")
-    print(f"\nRay Data alone on {data_cpus:g} CPU(s): {settings['train_samples']} images in {ingest['pass_s']:.1f} s "
-          f"(first batch at {ingest['first_batch_s']:.1f} s) = {ingest['images_per_s']:.1f} images/s with start-up; "
-          f"training consumes {ray_run['images_per_s']:.1f} images/s: ingest / consumption = "
-          f"{summary['ingest_over_consumption']:.2f}")  # fmt: skip
+    print(
+        f"\nRay Data alone on {data_cpus:g} CPU(s): {settings['train_samples']} images in {ingest['pass_s']:.1f} s "
+        f"(first batch at {ingest['first_batch_s']:.1f} s) = {ingest['images_per_s']:.1f} images/s with start-up; "
+        f"training consumes {ray_run['images_per_s']:.1f} images/s: ingest / consumption = "
+        f"{summary['ingest_over_consumption']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -117,10 +117,16 @@ class ResNet(nn.Module):
         self.deep_stem = deep_stem
         if deep_stem:
             self.stem = nn.Sequential(
-                _conv3x3(3, 32, stride=2), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-                _conv3x3(32, 32), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-                _conv3x3(32, 64), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-            )  # fmt: skip
+                _conv3x3(3, 32, stride=2),
+                nn.BatchNorm2d(32),
+                nn.ReLU(inplace=True),
+                _conv3x3(32, 32),
+                nn.BatchNorm2d(32),
+                nn.ReLU(inplace=True),
+                _conv3x3(32, 64),
+                nn.BatchNorm2d(64),
+                nn.ReLU(inplace=True),
+            )
         else:
             self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
             self.bn1 = nn.BatchNorm2d(64)

@@ -105,9 +105,10 @@ def _check(image_ids, class_names, counts, where: str) -> None:
     shape = (len(ids), len(names), len(COUNT_FIELDS))
     if counts.dtype.kind not in "iu" or counts.shape != shape:
         raise ImageCountsError(
-            where, f"counts is a {counts.dtype} array of shape {counts.shape}; expected integers of shape {shape} "
-            f"(images, classes, {'/'.join(COUNT_FIELDS)})"
-        )  # fmt: skip
+            where,
+            f"counts is a {counts.dtype} array of shape {counts.shape}; expected integers of shape {shape} "
+            f"(images, classes, {'/'.join(COUNT_FIELDS)})",
+        )
     if counts.size and counts.min() < 0:
         raise ImageCountsError(where, "counts hold negative values; expected counts >= 0")
 

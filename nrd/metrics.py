@@ -240,9 +240,11 @@ class SegmentationMetrics:
         theirs = (other.num_classes, other.ignore_index, other.trimap_widths, other.boundary_iou)
         if mine != theirs:
             raise InvalidHyperparameterError(
-                type(self).__name__, "merge", theirs,
+                type(self).__name__,
+                "merge",
+                theirs,
                 f"an accumulator with the same (num_classes, ignore_index, trimap_widths, boundary_iou) {mine}",
-            )  # fmt: skip
+            )
 
     def merge(self, other: SegmentationMetrics | Mapping[str, torch.Tensor]) -> SegmentationMetrics:
         """Add the counts of ``other`` (an accumulator with the same settings, or a ``state()`` dict) into this

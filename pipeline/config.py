@@ -226,8 +226,13 @@ class TrainConfig:
         _require(0 < schedule.warmup_ratio <= 1, source, "schedule.warmup_ratio", schedule.warmup_ratio, "in (0, 1]")
         _require(schedule.power > 0, source, "schedule.power", schedule.power, "> 0")
         _require(schedule.aux_weight >= 0, source, "schedule.aux_weight", schedule.aux_weight, ">= 0")
-        _require(schedule.loss_reduction in LOSS_REDUCTIONS, source, "schedule.loss_reduction",
-                 schedule.loss_reduction, f"one of {', '.join(LOSS_REDUCTIONS)}")  # fmt: skip
+        _require(
+            schedule.loss_reduction in LOSS_REDUCTIONS,
+            source,
+            "schedule.loss_reduction",
+            schedule.loss_reduction,
+            f"one of {', '.join(LOSS_REDUCTIONS)}",
+        )
         _require(scaling.workers >= 1, source, "scaling.workers", scaling.workers, ">= 1")
         _require(scaling.cpus_per_worker > 0, source, "scaling.cpus_per_worker", scaling.cpus_per_worker, "> 0")
         _require(scaling.gpus_per_worker >= 0, source, "scaling.gpus_per_worker", scaling.gpus_per_worker, ">= 0")

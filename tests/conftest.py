@@ -68,10 +68,21 @@ class MlflowServer:
 
     def _start(self, last: bool) -> bool:
         command = [
-            sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-            "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
-            "--workers", "1",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'server.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
         with open(self.root / "server.log", "ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
@@ -135,8 +146,9 @@ class LocalRay:
         import ray
 
         if not ray.is_initialized():
-            ray.init(address="local", num_cpus=2, log_to_driver=True, _temp_dir=self.temp_dir,
-                     _node_ip_address="127.0.0.1")  # fmt: skip
+            ray.init(
+                address="local", num_cpus=2, log_to_driver=True, _temp_dir=self.temp_dir, _node_ip_address="127.0.0.1"
+            )
             self.starts += 1
 
 
@@ -192,11 +204,11 @@ def shards(tmp_path_factory) -> Path:
     from nrd.data import create_dataset, prepare_shards
 
     out = tmp_path_factory.mktemp("synthetic")
-    dataset = create_dataset("synthetic", num_samples={"train": SHARDS_TRAIN, "val": SHARDS_VAL}, size=(64, 64),
-                             num_classes=4, seed=3)  # fmt: skip
+    dataset = create_dataset(
+        "synthetic", num_samples={"train": SHARDS_TRAIN, "val": SHARDS_VAL}, size=(64, 64), num_classes=4, seed=3
+    )
     prepare_shards(dataset, out, progress=False)
     return out
-
 
 
 @pytest.fixture

@@ -27,11 +27,13 @@ pytestmark = pytest.mark.slow
 
 
 def gpu_config(workers: int, gpu_wait: float) -> TrainConfig:
-    return TrainConfig.from_dict({
-        "data": {"dataset_dir": "unused"},
-        "schedule": {"batch_size": 2 * workers},
-        "scaling": {"workers": workers, "gpus_per_worker": 1, "cpus_per_worker": 1, "gpu_wait": gpu_wait},
-    })  # fmt: skip
+    return TrainConfig.from_dict(
+        {
+            "data": {"dataset_dir": "unused"},
+            "schedule": {"batch_size": 2 * workers},
+            "scaling": {"workers": workers, "gpus_per_worker": 1, "cpus_per_worker": 1, "gpu_wait": gpu_wait},
+        }
+    )
 
 
 def autoscaler_requests() -> list[dict]:

@@ -48,8 +48,10 @@ def dupsampling_decoder_macs(height, width, num_classes, context=512, low=256, p
 @pytest.fixture(scope="module")
 def r50_costs():
     shape = (1, 3, 1024, 2048)
-    return {name: count_macs(create_model(name, "resnet50_v1c", 19, aux_head=False), shape)
-            for name in ("nrd", "deeplabv3plus", "bilinear", "dupsampling")}  # fmt: skip
+    return {
+        name: count_macs(create_model(name, "resnet50_v1c", 19, aux_head=False), shape)
+        for name in ("nrd", "deeplabv3plus", "bilinear", "dupsampling")
+    }
 
 
 def test_nrd_decoder_macs_match_the_hand_count_including_the_dynamic_mlp(r50_costs):
@@ -130,8 +132,12 @@ def test_time_call_reports_percentiles_of_what_it_timed():
 
 
 def test_cost_command_json(capsys):
-    assert main(["cost", "--decoder", "nrd", "--encoder", "resnet18", "--num-classes", "19", "--input", "256x512",
-                 "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            ["cost", "--decoder", "nrd", "--encoder", "resnet18", "--num-classes", "19", "--input", "256x512", "--json"]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["input"] == [1, 3, 256, 512] == result["padded_input"]
     assert result["convention"] == "MACs"
@@ -156,8 +162,22 @@ def test_cost_command_reports_the_padded_size_it_counts(capsys):
 
 
 def test_cost_command_table_with_latency_and_decoder_args(capsys):
-    args = ["cost", "--encoder", "resnet18", "--input", "64x64", "--latency", "--repeats", "2", "--warmup", "0",
-            "--decoder-arg", "dyn_channels=8", "--decoder-arg", "coord_mode=centred"]  # fmt: skip
+    args = [
+        "cost",
+        "--encoder",
+        "resnet18",
+        "--input",
+        "64x64",
+        "--latency",
+        "--repeats",
+        "2",
+        "--warmup",
+        "0",
+        "--decoder-arg",
+        "dyn_channels=8",
+        "--decoder-arg",
+        "coord_mode=centred",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "input 1x3x64x64" in out and "GMACs" in out and "p50 (ms)" in out and "counter:" in out

@@ -369,11 +369,14 @@ def test_synthetic_is_learnable_by_a_small_cnn():
     (train_images, train_labels), (val_images, val_labels) = tensors("train"), tensors("val")
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(16, 16, 3, padding=2, dilation=2), torch.nn.ReLU(),
-        torch.nn.Conv2d(16, 16, 3, padding=4, dilation=4), torch.nn.ReLU(),
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=2, dilation=2),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=4, dilation=4),
+        torch.nn.ReLU(),
         torch.nn.Conv2d(16, num_classes, 1),
-    )  # fmt: skip
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(80):

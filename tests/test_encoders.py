@@ -68,10 +68,16 @@ def test_deep_stem_costs_more_than_the_7x7_stem():
 
 
 TORCHVISION_KEYS = (  # names as torchvision's resnet50 state dict spells them
-    "conv1.weight", "bn1.running_var", "bn1.num_batches_tracked", "layer1.0.conv1.weight", "layer1.0.bn3.bias",
-    "layer1.0.downsample.0.weight", "layer1.0.downsample.1.running_mean", "layer3.5.conv2.weight",
+    "conv1.weight",
+    "bn1.running_var",
+    "bn1.num_batches_tracked",
+    "layer1.0.conv1.weight",
+    "layer1.0.bn3.bias",
+    "layer1.0.downsample.0.weight",
+    "layer1.0.downsample.1.running_mean",
+    "layer3.5.conv2.weight",
     "layer4.2.bn3.weight",
-)  # fmt: skip
+)
 
 
 def torchvision_style_checkpoint(name: str, path, seed: int = 0, extra_prefix: str = "") -> dict:

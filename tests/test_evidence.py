@@ -126,8 +126,13 @@ def save(path, **arrays) -> None:
 
 def good_arrays(images) -> dict:
     evidence = make_evidence(images)
-    return {"format": np.int64(1), "image_ids": np.array(evidence.image_ids), "class_names": np.array(CLASSES),
-            "ignore_index": np.int64(255), "counts": evidence.counts}  # fmt: skip
+    return {
+        "format": np.int64(1),
+        "image_ids": np.array(evidence.image_ids),
+        "class_names": np.array(CLASSES),
+        "ignore_index": np.int64(255),
+        "counts": evidence.counts,
+    }
 
 
 @pytest.mark.parametrize(

@@ -65,12 +65,14 @@ def clone(tmp_path_factory) -> Path:
 def test_make_demo_on_a_fresh_clone(clone: Path):
     env = {key: value for key, value in os.environ.items() if not key.startswith(("RAY_", "MLFLOW_", "PYTEST_"))}
     env["NRD_BENCH_SKIP_FRESH_CLONE"] = "1"
-    output = run(["make", "demo", f"DEMO_ARGS=--space {QUICK_SPACE}"], clone, clone.parent / "demo.log", timeout=1500,
-                 env=env)  # fmt: skip
+    output = run(
+        ["make", "demo", f"DEMO_ARGS=--space {QUICK_SPACE}"], clone, clone.parent / "demo.log", timeout=1500, env=env
+    )
 
     assert (clone / ".venv" / "bin" / "nrd-bench").exists()
-    pip_list = subprocess.run([str(clone / ".venv" / "bin" / "python"), "-m", "pip", "list"], capture_output=True,
-                              text=True, check=True).stdout  # fmt: skip
+    pip_list = subprocess.run(
+        [str(clone / ".venv" / "bin" / "python"), "-m", "pip", "list"], capture_output=True, text=True, check=True
+    ).stdout
     assert re.search(r"^torch\s+2\.13\.0", pip_list, re.MULTILINE), "the fresh .venv must hold torch 2.13.0"
     assert "torchvision" not in pip_list
     plot = Path(re.search(r"^plot: (\S+\.png)", output, re.MULTILINE).group(1))
@@ -81,8 +83,12 @@ def test_make_demo_on_a_fresh_clone(clone: Path):
     for decoder in ("nrd", "deeplabv3plus", "bilinear"):
         assert decoder in table
     with sqlite3.connect(clone / "demo" / "mlflow.db") as db:
-        statuses = [status for (status,) in db.execute(
-            "SELECT r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'trial_id'")]  # fmt: skip
+        statuses = [
+            status
+            for (status,) in db.execute(
+                "SELECT r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'trial_id'"
+            )
+        ]
         front = db.execute("SELECT COUNT(*) FROM tags WHERE key = 'pareto_optimal' AND value = 'true'").fetchone()[0]
     assert len(statuses) == 3 and set(statuses) == {"FINISHED"}  # 3 decoders x 1 encoder, all trained to the end
     assert front >= 1

@@ -140,8 +140,10 @@ def idd_archive(tmp_path) -> Path:
     }
     for split, pairs in ids.items():
         for seq, name in pairs:
-            write_image(root / "leftImg8bit" / split / seq / f"{name}_image.jpg",
-                        rng.integers(0, 256, (9, 12, 3), dtype=np.uint8))  # fmt: skip
+            write_image(
+                root / "leftImg8bit" / split / seq / f"{name}_image.jpg",
+                rng.integers(0, 256, (9, 12, 3), dtype=np.uint8),
+            )
             if split != "test":
                 label = rng.choice(np.array([0, 1, 2, 3, 4, 5, 6, 255], np.uint8), (9, 12))
                 write_image(root / "gtFine" / split / seq / f"{name}_label.png", label)

@@ -145,8 +145,11 @@ def test_invalid_num_classes_and_output_stride():
 
 
 def dilated_branch_dilations(model) -> list[int]:
-    return [m.dilation[0] for m in model.decoder.context.branches.modules() if isinstance(m, torch.nn.Conv2d)
-            and m.kernel_size == (3, 3)]  # fmt: skip
+    return [
+        m.dilation[0]
+        for m in model.decoder.context.branches.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+    ]
 
 
 def test_context_dilations_given_or_default():
@@ -171,9 +174,15 @@ def test_dupsampling_depth_to_space_layout_by_hand():
     torch.manual_seed(0)
     ratio, classes = 4, 2
     decoder = DECODERS["dupsampling"](
-        encoder_channels=(4, 4, 4, 8), encoder_strides=(4, 8, 16, 32), num_classes=classes, upsample_ratio=ratio,
-        compressed_channels=3, low_level_channels=4, fuse_channels=8, context_channels=8,
-    ).eval()  # fmt: skip
+        encoder_channels=(4, 4, 4, 8),
+        encoder_strides=(4, 8, 16, 32),
+        num_classes=classes,
+        upsample_ratio=ratio,
+        compressed_channels=3,
+        low_level_channels=4,
+        fuse_channels=8,
+        context_channels=8,
+    ).eval()
     with torch.no_grad():
         decoder.log_temperature.fill_(math.log(2.0))
     captured = []
@@ -287,8 +296,11 @@ def test_heads_follow_the_official_initialisation(decoder: str):
 def last_residual_norms(encoder) -> list[torch.nn.BatchNorm2d]:
     from nrd.encoders import BasicBlock, Bottleneck
 
-    return [m.bn3 if isinstance(m, Bottleneck) else m.bn2 for m in encoder.modules()
-            if isinstance(m, BasicBlock | Bottleneck)]  # fmt: skip
+    return [
+        m.bn3 if isinstance(m, Bottleneck) else m.bn2
+        for m in encoder.modules()
+        if isinstance(m, BasicBlock | Bottleneck)
+    ]
 
 
 @pytest.mark.parametrize("encoder", ["resnet18", "resnet50_v1c"])
@@ -302,8 +314,10 @@ def test_encoder_zero_init_residual_without_weights_only(encoder: str, tmp_path)
     others = [m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d) and m not in norms]
     assert others and all(torch.all(norm.weight == 1) for norm in others)
 
-    state = {key: torch.rand_like(value) + 0.5 if value.is_floating_point() else value
-             for key, value in model.encoder.state_dict().items()}  # fmt: skip
+    state = {
+        key: torch.rand_like(value) + 0.5 if value.is_floating_point() else value
+        for key, value in model.encoder.state_dict().items()
+    }
     torch.save(state, tmp_path / "weights.pth")
     loaded = create_model("bilinear", encoder, NUM_CLASSES, encoder_weights=tmp_path / "weights.pth")
     assert all(torch.all(norm.weight >= 0.5) for norm in last_residual_norms(loaded.encoder))

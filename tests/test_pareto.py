@@ -28,9 +28,10 @@ def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
 def brute_force_ranks(xs: list, ys: list) -> list[int | None]:
     """Peel fronts one by one: O(n²) dominance checks per front."""
     points = {
-        i: (x, y) for i, (x, y) in enumerate(zip(xs, ys, strict=True))
+        i: (x, y)
+        for i, (x, y) in enumerate(zip(xs, ys, strict=True))
         if x is not None and y is not None and not math.isnan(x) and not math.isnan(y)
-    }  # fmt: skip
+    }
     ranks: list[int | None] = [None] * len(xs)
     rank = 0
     while points:
@@ -86,29 +87,128 @@ def test_ranks_by_hand():
 # ------------------------------------------------------------------------------------------------- MLflow store
 #      name, dataset, decoder, encoder, decoder kwargs, output stride, eval input, metrics, status
 RUNS = [
-    ("c-nrd-r18-d16", "cityscapes", "nrd", "resnet18", {"dyn_channels": 16}, 32, "1x3x512x1024",
-     {"gmacs_model": 20.0, "mIoU": 70.0}, "FINISHED"),
-    ("c-nrd-r18-d32", "cityscapes", "nrd", "resnet18", {"dyn_channels": 32}, 32, "1x3x512x1024",
-     {"gmacs_model": 25.0, "mIoU": 72.0}, "FINISHED"),
-    ("c-bilinear-r18", "cityscapes", "bilinear", "resnet18", {}, 32, "1x3x512x1024",
-     {"gmacs_model": 20.0, "mIoU": 65.0}, "FINISHED"),  # same cost as c-nrd-r18-d16, lower mIoU
-    ("c-dup-r18", "cityscapes", "dupsampling", "resnet18", {}, 32, "1x3x512x1024",
-     {"gmacs_model": 40.0, "mIoU": 72.0}, "FINISHED"),  # same mIoU as c-nrd-r18-d32, higher cost
-    ("c-nrd-r50", "cityscapes", "nrd", "resnet50_v1c", {"dyn_channels": 32}, 32, "1x3x512x1024",
-     {"gmacs_model": 60.0, "mIoU": 75.0}, "FINISHED"),
-    ("c-dlv3-r50", "cityscapes", "deeplabv3", "resnet50_v1c", {}, 8, "1x3x512x1024",
-     {"gmacs_model": 270.0, "mIoU": 78.0}, "FINISHED"),
-    ("c-no-miou", "cityscapes", "nrd", "resnet34", {"dyn_channels": 16}, 32, "1x3x512x1024",
-     {"gmacs_model": 30.0}, "FINISHED"),
-    ("c-running", "cityscapes", "nrd", "resnet101", {"dyn_channels": 16}, 32, "1x3x512x1024",
-     {"gmacs_model": 1.0, "mIoU": 99.0}, "RUNNING"),
-    ("v-nrd-r18", "camvid", "nrd", "resnet18", {"dyn_channels": 16}, 32, "1x3x360x480",
-     {"gmacs_model": 5.0, "mIoU": 60.0}, "FINISHED"),
-    ("v-dlv3p-r18", "camvid", "deeplabv3plus", "resnet18", {}, 32, "1x3x720x960",
-     {"gmacs_model": 8.0, "mIoU": 58.0}, "FINISHED"),
-    ("v-dlv3-r50", "camvid", "deeplabv3", "resnet50_v1c", {}, 8, "1x3x360x480",
-     {"gmacs_model": 50.0, "mIoU": 65.0}, "FINISHED"),
-]  # fmt: skip
+    (
+        "c-nrd-r18-d16",
+        "cityscapes",
+        "nrd",
+        "resnet18",
+        {"dyn_channels": 16},
+        32,
+        "1x3x512x1024",
+        {"gmacs_model": 20.0, "mIoU": 70.0},
+        "FINISHED",
+    ),
+    (
+        "c-nrd-r18-d32",
+        "cityscapes",
+        "nrd",
+        "resnet18",
+        {"dyn_channels": 32},
+        32,
+        "1x3x512x1024",
+        {"gmacs_model": 25.0, "mIoU": 72.0},
+        "FINISHED",
+    ),
+    (
+        "c-bilinear-r18",
+        "cityscapes",
+        "bilinear",
+        "resnet18",
+        {},
+        32,
+        "1x3x512x1024",
+        {"gmacs_model": 20.0, "mIoU": 65.0},
+        "FINISHED",
+    ),  # same cost as c-nrd-r18-d16, lower mIoU
+    (
+        "c-dup-r18",
+        "cityscapes",
+        "dupsampling",
+        "resnet18",
+        {},
+        32,
+        "1x3x512x1024",
+        {"gmacs_model": 40.0, "mIoU": 72.0},
+        "FINISHED",
+    ),  # same mIoU as c-nrd-r18-d32, higher cost
+    (
+        "c-nrd-r50",
+        "cityscapes",
+        "nrd",
+        "resnet50_v1c",
+        {"dyn_channels": 32},
+        32,
+        "1x3x512x1024",
+        {"gmacs_model": 60.0, "mIoU": 75.0},
+        "FINISHED",
+    ),
+    (
+        "c-dlv3-r50",
+        "cityscapes",
+        "deeplabv3",
+        "resnet50_v1c",
+        {},
+        8,
+        "1x3x512x1024",
+        {"gmacs_model": 270.0, "mIoU": 78.0},
+        "FINISHED",
+    ),
+    (
+        "c-no-miou",
+        "cityscapes",
+        "nrd",
+        "resnet34",
+        {"dyn_channels": 16},
+        32,
+        "1x3x512x1024",
+        {"gmacs_model": 30.0},
+        "FINISHED",
+    ),
+    (
+        "c-running",
+        "cityscapes",
+        "nrd",
+        "resnet101",
+        {"dyn_channels": 16},
+        32,
+        "1x3x512x1024",
+        {"gmacs_model": 1.0, "mIoU": 99.0},
+        "RUNNING",
+    ),
+    (
+        "v-nrd-r18",
+        "camvid",
+        "nrd",
+        "resnet18",
+        {"dyn_channels": 16},
+        32,
+        "1x3x360x480",
+        {"gmacs_model": 5.0, "mIoU": 60.0},
+        "FINISHED",
+    ),
+    (
+        "v-dlv3p-r18",
+        "camvid",
+        "deeplabv3plus",
+        "resnet18",
+        {},
+        32,
+        "1x3x720x960",
+        {"gmacs_model": 8.0, "mIoU": 58.0},
+        "FINISHED",
+    ),
+    (
+        "v-dlv3-r50",
+        "camvid",
+        "deeplabv3",
+        "resnet50_v1c",
+        {},
+        8,
+        "1x3x360x480",
+        {"gmacs_model": 50.0, "mIoU": 65.0},
+        "FINISHED",
+    ),
+]
 
 
 def populate(uri: str, experiment: str, artifact_location: str | None) -> dict:
@@ -121,12 +221,22 @@ def populate(uri: str, experiment: str, artifact_location: str | None) -> dict:
     client.set_terminated(parent, "FINISHED")
     ids = {}
     for name, dataset, decoder, encoder, kwargs, stride, eval_input, metrics, status in RUNS:
-        tags = {"dataset": dataset, "dataset_dir": f"/data/{dataset}", "decoder": decoder, "encoder": encoder,
-                "eval_input": eval_input, "cost_convention": "MACs (FLOPs = 2 x MACs)",
-                "mlflow.parentRunId": parent}  # fmt: skip
+        tags = {
+            "dataset": dataset,
+            "dataset_dir": f"/data/{dataset}",
+            "decoder": decoder,
+            "encoder": encoder,
+            "eval_input": eval_input,
+            "cost_convention": "MACs (FLOPs = 2 x MACs)",
+            "mlflow.parentRunId": parent,
+        }
         run_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
-        params = {"model.decoder": decoder, "model.encoder": encoder, "model.output_stride": str(stride),
-                  "schedule.lr": "0.01"} | {f"model.decoder_kwargs.{k}": str(v) for k, v in kwargs.items()}  # fmt: skip
+        params = {
+            "model.decoder": decoder,
+            "model.encoder": encoder,
+            "model.output_stride": str(stride),
+            "schedule.lr": "0.01",
+        } | {f"model.decoder_kwargs.{k}": str(v) for k, v in kwargs.items()}
         metrics = [Metric(key, value, 0, 0) for key, value in {**metrics, "params_m": 12.0}.items()]
         client.log_batch(run_id, metrics=metrics, params=[Param(key, value) for key, value in params.items()])
         if status != "RUNNING":
@@ -184,8 +294,13 @@ def test_parent_run_on_sqlite(sqlite_store, tmp_path, capsys):
     client = MlflowClient(uri)
     check_tags(client, store)
     logged = sorted(artifact.path for artifact in client.list_artifacts(store["parent"], "pareto"))
-    files = ["camvid_mIoU_vs_gmacs_model.csv", "camvid_mIoU_vs_gmacs_model.png", "cityscapes_mIoU_vs_gmacs_model.csv",
-             "cityscapes_mIoU_vs_gmacs_model.png", "pareto_mIoU_vs_gmacs_model.json"]  # fmt: skip
+    files = [
+        "camvid_mIoU_vs_gmacs_model.csv",
+        "camvid_mIoU_vs_gmacs_model.png",
+        "cityscapes_mIoU_vs_gmacs_model.csv",
+        "cityscapes_mIoU_vs_gmacs_model.png",
+        "pareto_mIoU_vs_gmacs_model.json",
+    ]
     assert logged == [f"pareto/{name}" for name in files]
     assert sorted(path.name for path in out.iterdir()) == files  # no temporary files left
     with Image.open(out / "cityscapes_mIoU_vs_gmacs_model.png") as image:

@@ -52,9 +52,10 @@ def setup(tmp_path_factory) -> dict:
     prepared synthetic data set with K classes for its manifest, and a folder of images (one nested JPEG)."""
     root = tmp_path_factory.mktemp("predict")
     prepare_shards(
-        create_dataset("synthetic", num_samples={"train": 1, "val": 1}, size=(32, 32), num_classes=K), root / "shards",
+        create_dataset("synthetic", num_samples={"train": 1, "val": 1}, size=(32, 32), num_classes=K),
+        root / "shards",
         progress=False,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     model = create_model("bilinear", "resnet18", K, aux_head=False)
     with torch.no_grad():  # at initialisation the classifier's bias decides alone: make the features count
@@ -79,8 +80,18 @@ def setup(tmp_path_factory) -> dict:
 
 def predict_args(setup: dict, out: Path, *extra: str) -> list[str]:
     run = setup["run"]
-    return ["predict", "--weights", str(run / "model.pt"), "--config", str(run / "config.yaml"),
-            "--input", str(setup["images"]), "--out", str(out), *extra]  # fmt: skip
+    return [
+        "predict",
+        "--weights",
+        str(run / "model.pt"),
+        "--config",
+        str(run / "config.yaml"),
+        "--input",
+        str(setup["images"]),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_labels_are_the_argmax_and_overlays_blend_the_manifest_palette(setup, tmp_path, capsys):
@@ -101,8 +112,11 @@ def test_labels_are_the_argmax_and_overlays_blend_the_manifest_palette(setup, tm
         np.testing.assert_array_equal(read_rgb(out / "overlays" / png), blend)
     assert len(seen) > 1  # the check means something: not a constant map
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
-        "labels/a.png", "labels/sub/b.png", "overlays/a.png", "overlays/sub/b.png"
-    ]  # fmt: skip
+        "labels/a.png",
+        "labels/sub/b.png",
+        "overlays/a.png",
+        "overlays/sub/b.png",
+    ]
 
 
 def test_single_file_slide_and_msflip(setup, tmp_path):
@@ -132,8 +146,17 @@ def test_config_beside_weights_and_fallback_palette(setup, tmp_path, capsys):
     config = {**setup["config"], "data": {"dataset_dir": str(tmp_path / "gone")}}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "out"
-    args = ["predict", "--weights", str(run / "weights" / "model.pt"), "--input", str(setup["images"]),
-            "--out", str(out), "--alpha", "1"]  # fmt: skip
+    args = [
+        "predict",
+        "--weights",
+        str(run / "weights" / "model.pt"),
+        "--input",
+        str(setup["images"]),
+        "--out",
+        str(out),
+        "--alpha",
+        "1",
+    ]
     assert main(args) == 0
     assert "palette:  fallback (no dataset manifest" in capsys.readouterr().out
     colours: dict[int, set] = {}
@@ -234,16 +257,61 @@ def camvid_run(tmp_path_factory, request) -> dict:
     root = tmp_path_factory.mktemp("camvid")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)  # MLflow's artifact folder goes to the working directory
-        assert main(["prepare", "--dataset", "camvid", "--root", str(CAMVID), "--out", str(root / "shards"),
-                     "--limit", str(VAL_IMAGES), "--quiet"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "prepare",
+                    "--dataset",
+                    "camvid",
+                    "--root",
+                    str(CAMVID),
+                    "--out",
+                    str(root / "shards"),
+                    "--limit",
+                    str(VAL_IMAGES),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         uri = f"sqlite:///{root / 'mlflow.db'}"
-        assert main([
-            "train", "--dataset-dir", str(root / "shards"), "--decoder", "bilinear", "--encoder", "resnet18",
-            "--crop-size", "96x128", "--batch-size", "2", "--lr", "0.01", "--iterations", "4",
-            "--log-interval", "2", "--eval-interval", "4", "--checkpoint-interval", "4",
-            "--storage-path", str(root / "results"), "--name", "short", "--tracking-uri", uri,
-            "--experiment", "predict-e2e", "--eval-msflip",
-        ]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "train",
+                    "--dataset-dir",
+                    str(root / "shards"),
+                    "--decoder",
+                    "bilinear",
+                    "--encoder",
+                    "resnet18",
+                    "--crop-size",
+                    "96x128",
+                    "--batch-size",
+                    "2",
+                    "--lr",
+                    "0.01",
+                    "--iterations",
+                    "4",
+                    "--log-interval",
+                    "2",
+                    "--eval-interval",
+                    "4",
+                    "--checkpoint-interval",
+                    "4",
+                    "--storage-path",
+                    str(root / "results"),
+                    "--name",
+                    "short",
+                    "--tracking-uri",
+                    uri,
+                    "--experiment",
+                    "predict-e2e",
+                    "--eval-msflip",
+                ]
+            )
+            == 0
+        )
     ids = [path.stem for path in sorted((CAMVID / "val").glob("*.png"))[:VAL_IMAGES]]
     for folder, source in (("images", "val"), ("labels", "valannot")):
         (root / folder).mkdir()
@@ -255,8 +323,23 @@ def camvid_run(tmp_path_factory, request) -> dict:
 
 def evaluate_json(pred: Path, labels: Path, capsys) -> dict:
     # CamVid's raw labels hold 11 for void, which training maps to its ignore index: ignore 11 here
-    assert main(["evaluate", "--pred", str(pred), "--label", str(labels), "--num-classes", "11",
-                 "--ignore-index", "11", "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(pred),
+                "--label",
+                str(labels),
+                "--num-classes",
+                "11",
+                "--ignore-index",
+                "11",
+                "--json",
+            ]
+        )
+        == 0
+    )
     return json.loads(capsys.readouterr().out)
 
 
@@ -270,12 +353,38 @@ def test_predictions_reproduce_the_metrics_training_logged(camvid_run, capsys):
     root, ids = camvid_run["root"], camvid_run["ids"]
     assert [row["id"] for row in ShardDataset(root / "shards", "val", decode=False)] == ids  # the frames evaluated
     logged = MlflowClient(camvid_run["uri"]).get_run(camvid_run["run_id"]).data.metrics
-    assert main(["predict", "--run-id", camvid_run["run_id"], "--tracking-uri", camvid_run["uri"],
-                 "--input", str(root / "images"), "--out", str(root / "by_run")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--run-id",
+                camvid_run["run_id"],
+                "--tracking-uri",
+                camvid_run["uri"],
+                "--input",
+                str(root / "images"),
+                "--out",
+                str(root / "by_run"),
+            ]
+        )
+        == 0
+    )
     checkpoints = sorted((root / "results" / "short").glob("checkpoint_*/model.pt"))
     assert len(checkpoints) == 1  # the final iteration's; config.yaml is in the run directory above it
-    assert main(["predict", "--weights", str(checkpoints[0]), "--input", str(root / "images"),
-                 "--out", str(root / "by_weights")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                str(checkpoints[0]),
+                "--input",
+                str(root / "images"),
+                "--out",
+                str(root / "by_weights"),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.count("palette:  dataset manifest") == 2
     for name in ids:
         label = read_gray(root / "by_run" / "labels" / f"{name}.png")
@@ -292,8 +401,24 @@ def test_predictions_reproduce_the_metrics_training_logged(camvid_run, capsys):
     assert result["trimap_mIoU"]["4"] == logged["trimap_mIoU_4px"]
 
     # training's final multi-scale + flip evaluation (--eval-msflip) against predict --mode msflip on the same frames
-    assert main(["predict", "--run-id", camvid_run["run_id"], "--tracking-uri", camvid_run["uri"], "--mode", "msflip",
-                 "--input", str(root / "images"), "--out", str(root / "msflip")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--run-id",
+                camvid_run["run_id"],
+                "--tracking-uri",
+                camvid_run["uri"],
+                "--mode",
+                "msflip",
+                "--input",
+                str(root / "images"),
+                "--out",
+                str(root / "msflip"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     msflip = evaluate_json(root / "msflip" / "labels", root / "labels", capsys)
     assert msflip["mIoU"] != result["mIoU"]  # another prediction indeed

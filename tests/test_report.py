@@ -39,11 +39,13 @@ def run_spec(name, dataset, decoder, encoder, miou, status="FINISHED", drop=(), 
         metrics["mIoU"] = miou
     metrics = {key: value for key, value in metrics.items() if key not in drop}
     tags = {
-        "dataset": dataset, "decoder": decoder, "encoder": encoder,
+        "dataset": dataset,
+        "decoder": decoder,
+        "encoder": encoder,
         "git_commit": hashlib.sha1(name.encode()).hexdigest(),
         "device_type": "cuda" if seed % 2 else "cpu",
         "eval_input": "1x3x360x480" if dataset == "camvid" else "1x3x64x64",
-    }  # fmt: skip
+    }
     return {"name": name, "status": status, "metrics": metrics, "tags": tags}
 
 
@@ -126,9 +128,12 @@ def test_best_run_per_decoder_and_encoder(store, tmp_path, capsys):
     expected = expected_rows()
     assert sorted(expected) == ["camvid", "cityscapes"]
     assert sorted(path.name for path in out.iterdir()) == [
-        "report_camvid.csv", "report_camvid.md", "report_cityscapes.csv", "report_cityscapes.md",
+        "report_camvid.csv",
+        "report_camvid.md",
+        "report_cityscapes.csv",
+        "report_cityscapes.md",
         "report_criteria.json",
-    ]  # fmt: skip
+    ]
     sections = []
     for dataset, rows in expected.items():
         table = read_csv(out / f"report_{dataset}.csv")

@@ -189,11 +189,17 @@ def test_bad_sample_raises_and_leaves_no_partial_shard(camvid_with_bad_samples, 
 def test_skip_bad_records_every_reason(camvid_with_bad_samples, tmp_path):
     out = tmp_path / "out"
     manifest = prepare_shards(
-        create_dataset("camvid", camvid_with_bad_samples), out, splits=["train"], shard_size=2, skip_bad=True,
+        create_dataset("camvid", camvid_with_bad_samples),
+        out,
+        splits=["train"],
+        shard_size=2,
+        skip_bad=True,
         progress=False,
-    )  # fmt: skip
-    reasons = {entry["id"]: (Path(entry["file"]).relative_to(camvid_with_bad_samples), entry["reason"])
-               for entry in manifest["skipped"]}  # fmt: skip
+    )
+    reasons = {
+        entry["id"]: (Path(entry["file"]).relative_to(camvid_with_bad_samples), entry["reason"])
+        for entry in manifest["skipped"]
+    }
     assert sorted(reasons) == ["f1", "f3", "f4", "f5"]
     assert reasons["f1"][0] == Path("train/f1.png") and "cannot decode" in reasons["f1"][1]
     assert reasons["f3"][0] == Path("trainannot/f3.png") and "not found" in reasons["f3"][1]
@@ -203,16 +209,23 @@ def test_skip_bad_records_every_reason(camvid_with_bad_samples, tmp_path):
     assert [ShardDataset(out, "train")[i]["id"] for i in range(2)] == ["f0", "f2"]
 
     with pytest.raises(CorruptImageError):  # a rerun without skip_bad does not keep shards that skipped samples
-        prepare_shards(create_dataset("camvid", camvid_with_bad_samples), out, splits=["train"], shard_size=2,
-                       progress=False)  # fmt: skip
+        prepare_shards(
+            create_dataset("camvid", camvid_with_bad_samples), out, splits=["train"], shard_size=2, progress=False
+        )
 
 
 def test_skip_bad_rerun_picks_up_a_fixed_file(camvid_with_bad_samples, tmp_path):
     out = tmp_path / "out"
 
     def prepare() -> dict:
-        return prepare_shards(create_dataset("camvid", camvid_with_bad_samples), out, splits=["train"], shard_size=2,
-                              skip_bad=True, progress=False)  # fmt: skip
+        return prepare_shards(
+            create_dataset("camvid", camvid_with_bad_samples),
+            out,
+            splits=["train"],
+            shard_size=2,
+            skip_bad=True,
+            progress=False,
+        )
 
     first = prepare()
     assert first["splits"]["train"]["count"] == 2 and len(first["skipped"]) == 4
@@ -228,8 +241,20 @@ def test_skip_bad_rerun_picks_up_a_fixed_file(camvid_with_bad_samples, tmp_path)
 
 def test_cli_prepare_names_a_bad_file(camvid_with_bad_samples, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["prepare", "--dataset", "camvid", "--root", str(camvid_with_bad_samples), "--out", str(out),
-            "--splits", "train", "--shard-size", "2", "--quiet"]  # fmt: skip
+    args = [
+        "prepare",
+        "--dataset",
+        "camvid",
+        "--root",
+        str(camvid_with_bad_samples),
+        "--out",
+        str(out),
+        "--splits",
+        "train",
+        "--shard-size",
+        "2",
+        "--quiet",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert str(camvid_with_bad_samples / "train" / "f1.png") in err and "cannot decode image" in err
@@ -261,11 +286,13 @@ def test_empty_splits_are_named_errors(camvid_with_bad_samples, tmp_path, capsys
     with pytest.raises(NotPreparedError):
         read_manifest(out)
     with pytest.raises(EmptySplitError, match="val"):
-        prepare_shards(create_dataset("camvid", camvid_with_bad_samples), out, splits=["val"], skip_bad=True,
-                       progress=False)  # fmt: skip
+        prepare_shards(
+            create_dataset("camvid", camvid_with_bad_samples), out, splits=["val"], skip_bad=True, progress=False
+        )
     with pytest.raises(EmptySplitError, match="the split lists no sample"):
-        prepare_shards(SyntheticDataset(num_samples={"train": 2, "val": 0}, size=(16, 16)), tmp_path / "s",
-                       progress=False)  # fmt: skip
+        prepare_shards(
+            SyntheticDataset(num_samples={"train": 2, "val": 0}, size=(16, 16)), tmp_path / "s", progress=False
+        )
     assert not (tmp_path / "s").exists()
 
 
@@ -336,8 +363,28 @@ def test_transform_is_applied(tmp_path):
 
 def test_cli_prepare_synthetic(tmp_path, capsys):
     out = tmp_path / "prepared"
-    code = main(["prepare", "--dataset", "synthetic", "--out", str(out), "--num-train", "5", "--num-val", "2",
-                 "--size", "32x48", "--num-classes", "3", "--seed", "1", "--shard-size", "2", "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "prepare",
+            "--dataset",
+            "synthetic",
+            "--out",
+            str(out),
+            "--num-train",
+            "5",
+            "--num-val",
+            "2",
+            "--size",
+            "32x48",
+            "--num-classes",
+            "3",
+            "--seed",
+            "1",
+            "--shard-size",
+            "2",
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert "train 5, val 2" in capsys.readouterr().out
     manifest = read_manifest(out)

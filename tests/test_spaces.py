@@ -26,14 +26,19 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_trial_overrides_keep_only_the_trials_decoder_hyperparameters(tmp_path):
-    space = load_space(write(tmp_path, """
+    space = load_space(
+        write(
+            tmp_path,
+            """
 search: {iterations: 30, resources: {workers: 2, cpus_per_worker: 0.5}}
 fixed: {batch_size: 8, nrd.dyn_channels: 8}
 space:
   decoder: {grid: [nrd, deeplabv3plus]}
   deeplabv3plus.decoder_channels: {choice: [128, 256]}
   lr: {loguniform: [0.001, 0.1]}
-"""))  # fmt: skip
+""",
+        )
+    )
     nrd = space.trial_overrides({"model.decoder": "nrd", "deeplabv3plus.decoder_channels": 128, "schedule.lr": 0.01})
     assert nrd["model"] == {"decoder": "nrd", "decoder_kwargs": {"dyn_channels": 8}}
     assert nrd["schedule"] == {"batch_size": 8, "lr": 0.01, "iterations": 30}
@@ -58,15 +63,18 @@ space:
         ("space: {iterations: {uniform: [10, 20]}}", NRDBenchError, "use randint or choice"),
         ("search: {scheduler: hyperband}\nspace: {lr: 0.1}", UnknownNameError, "scheduler"),
         ("search: {objectives: {mIoU: maximise}}\nspace: {lr: 0.1}", UnknownNameError, "mode of objective"),
-        ("search: {objectives: {mIoU: max, gmacs_model: min}, scheduler: asha}\nspace: {lr: 0.1}", NRDBenchError,
-         "use fifo with several objectives"),
+        (
+            "search: {objectives: {mIoU: max, gmacs_model: min}, scheduler: asha}\nspace: {lr: 0.1}",
+            NRDBenchError,
+            "use fifo with several objectives",
+        ),
         ("search: {num_samples: 0}\nspace: {lr: 0.1}", NRDBenchError, "search.num_samples"),
         ("search: {resources: {gpus: 1}}\nspace: {lr: 0.1}", UnknownNameError, "gpus_per_worker"),
         ("search: {budget: 3}\nspace: {lr: 0.1}", UnknownNameError, "search setting"),
         ("serach: {}\nspace: {lr: 0.1}", UnknownNameError, "did you mean 'search'"),
         ("fixed: {lr: 0.1}", NRDBenchError, "nothing varies"),
     ],
-)  # fmt: skip
+)
 def test_bad_spaces_are_named_errors(tmp_path, text, error, message):
     path = write(tmp_path, text)
     with pytest.raises(error) as info:

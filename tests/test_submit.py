@@ -81,16 +81,30 @@ def ray_head():
     dashboard_port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in TOKEN_VARIABLES}
     env |= {
-        "RAY_TMPDIR": temp_dir, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+        "RAY_TMPDIR": temp_dir,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job's `nrd-bench` is this venv's
-        "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-    }  # fmt: skip
+        "PYTHONUNBUFFERED": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    }
     command = [
-        str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-        "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={free_port()}",
-        f"--ray-client-server-port={free_port()}", "--disable-usage-stats",
-    ]  # fmt: skip
+        str(VENV_BIN / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={free_port()}",
+        "--num-cpus=2",
+        "--num-gpus=0",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        "--disable-usage-stats",
+    ]
     url = f"http://127.0.0.1:{dashboard_port}"
     try:
         started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
@@ -141,13 +155,47 @@ def sparse_file(path: Path, size: int) -> None:
 def test_submit_wait_trains_on_the_cluster_and_jobs_reads_it_back(ray_head, shards, tmp_path, capfd, clean_env):
     clean_env.setenv("RAY_AUTH_TOKEN", ray_head.token)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = main([
-        "submit", "--address", ray_head.url, "--wait", "--env", f"MLFLOW_TRACKING_URI={tracking_uri}", "--",
-        "nrd-bench", "train", "--dataset-dir", str(shards), "--decoder", "bilinear", "--encoder", "resnet18",
-        "--crop-size", "32x32", "--batch-size", "2", "--iterations", "2", "--log-interval", "1",
-        "--eval-interval", "2", "--checkpoint-interval", "2", "--val-limit", "2", "--cpus-per-worker", "0.5",
-        "--storage-path", str(tmp_path / "results"), "--name", "on-cluster", "--experiment", "submitted",
-    ])  # fmt: skip
+    code = main(
+        [
+            "submit",
+            "--address",
+            ray_head.url,
+            "--wait",
+            "--env",
+            f"MLFLOW_TRACKING_URI={tracking_uri}",
+            "--",
+            "nrd-bench",
+            "train",
+            "--dataset-dir",
+            str(shards),
+            "--decoder",
+            "bilinear",
+            "--encoder",
+            "resnet18",
+            "--crop-size",
+            "32x32",
+            "--batch-size",
+            "2",
+            "--iterations",
+            "2",
+            "--log-interval",
+            "1",
+            "--eval-interval",
+            "2",
+            "--checkpoint-interval",
+            "2",
+            "--val-limit",
+            "2",
+            "--cpus-per-worker",
+            "0.5",
+            "--storage-path",
+            str(tmp_path / "results"),
+            "--name",
+            "on-cluster",
+            "--experiment",
+            "submitted",
+        ]
+    )
     submitted = capfd.readouterr()
     assert code == 0, submitted.err[-3000:]
     job_id = submitted.out.splitlines()[0]
@@ -275,9 +323,16 @@ def test_packaged_files_are_exactly_what_ray_zips(tmp_path):
     project = small_working_dir(tmp_path)
     kept = ["run.py", "nrd/data/base.py", "notes.md", ".gitignore", ".rayignore"]
     dropped = [
-        "data/raw.bin", ".venv/lib/x.py", ".git/HEAD", "mlruns/0/meta.yaml", "results/run/result.json",
-        "pipeline/__pycache__/cli.cpython-311.pyc", "weights.pt", "secret.env", "scratch/tmp.txt",
-    ]  # fmt: skip
+        "data/raw.bin",
+        ".venv/lib/x.py",
+        ".git/HEAD",
+        "mlruns/0/meta.yaml",
+        "results/run/result.json",
+        "pipeline/__pycache__/cli.cpython-311.pyc",
+        "weights.pt",
+        "secret.env",
+        "scratch/tmp.txt",
+    ]
     for name in kept + dropped:
         if name not in ("run.py", ".gitignore", ".rayignore"):
             (project / name).parent.mkdir(parents=True, exist_ok=True)
@@ -305,8 +360,11 @@ def test_the_token_is_never_put_into_a_jobs_environment(tmp_path, capfd, clean_e
     captured = capfd.readouterr()
     assert "holds the Ray token" in captured.err and token not in captured.out + captured.err
     environ = {"RAY_AUTH_TOKEN": token, "MLFLOW_TRACKING_URI": "http://mlflow:5000", "SEED": "3"}
-    assert job_env(["SEED", "MODE=fast"], environ) == {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "SEED": "3",
-                                                       "MODE": "fast"}  # fmt: skip
+    assert job_env(["SEED", "MODE=fast"], environ) == {
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "SEED": "3",
+        "MODE": "fast",
+    }
 
 
 def test_a_tracking_store_on_this_machine_is_only_sent_when_named(capsys):

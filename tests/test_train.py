@@ -33,12 +33,35 @@ VAL_IMAGES = SHARDS_VAL  # odd: an equal split over 2 workers would drop a row
 
 def train_args(shards: Path, tmp_path: Path, *extra: str) -> list[str]:
     return [
-        "train", "--dataset-dir", str(shards), "--decoder", "deeplabv3plus", "--encoder", "resnet18",
-        "--crop-size", "64x64", "--batch-size", "8", "--lr", "0.05", "--iterations", "60",
-        "--log-interval", "10", "--eval-interval", "30", "--checkpoint-interval", "20",
-        "--storage-path", str(tmp_path / "results"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "--experiment", "test-train", *extra,
-    ]  # fmt: skip
+        "train",
+        "--dataset-dir",
+        str(shards),
+        "--decoder",
+        "deeplabv3plus",
+        "--encoder",
+        "resnet18",
+        "--crop-size",
+        "64x64",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.05",
+        "--iterations",
+        "60",
+        "--log-interval",
+        "10",
+        "--eval-interval",
+        "30",
+        "--checkpoint-interval",
+        "20",
+        "--storage-path",
+        str(tmp_path / "results"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--experiment",
+        "test-train",
+        *extra,
+    ]
 
 
 def independent_val_metrics(shards: Path, model: torch.nn.Module, num_classes: int) -> dict:
@@ -165,8 +188,12 @@ def test_missing_manifest_and_gpu_requests_are_named(local_ray, tmp_path, shards
     assert main(train_args(tmp_path / "nothing", tmp_path)) == 2
     assert "not a prepared dataset" in capsys.readouterr().err
     train_only = tmp_path / "train-only"
-    prepare_shards(create_dataset("synthetic", num_samples={"train": 8}, size=(32, 32), num_classes=4), train_only,
-                   splits=("train",), progress=False)  # fmt: skip
+    prepare_shards(
+        create_dataset("synthetic", num_samples={"train": 8}, size=(32, 32), num_classes=4),
+        train_only,
+        splits=("train",),
+        progress=False,
+    )
     assert main(train_args(train_only, tmp_path)) == 2
     assert "has no 'val' split" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()

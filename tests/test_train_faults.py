@@ -78,9 +78,14 @@ class TrainProcess:
         self.lines: list[str] = []
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "train", *args], cwd=REPO, env=env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "pipeline.cli", "train", *args],
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -170,11 +175,34 @@ def drivers() -> Iterator[list[TrainProcess]]:
 
 def train_args(shards: Path, tmp_path: Path, name: str, *extra: str) -> list[str]:
     return [
-        "--dataset-dir", str(shards), "--decoder", "deeplabv3plus", "--encoder", "resnet18", "--crop-size", "64x64",
-        "--batch-size", "4", "--lr", "0.05", "--iterations", str(ITERATIONS), "--log-interval", str(LOG_INTERVAL),
-        "--eval-interval", str(ITERATIONS), "--checkpoint-interval", str(CHECKPOINT_INTERVAL),
-        "--storage-path", str(tmp_path / "results"), "--name", name, "--experiment", EXPERIMENT, *extra,
-    ]  # fmt: skip
+        "--dataset-dir",
+        str(shards),
+        "--decoder",
+        "deeplabv3plus",
+        "--encoder",
+        "resnet18",
+        "--crop-size",
+        "64x64",
+        "--batch-size",
+        "4",
+        "--lr",
+        "0.05",
+        "--iterations",
+        str(ITERATIONS),
+        "--log-interval",
+        str(LOG_INTERVAL),
+        "--eval-interval",
+        str(ITERATIONS),
+        "--checkpoint-interval",
+        str(CHECKPOINT_INTERVAL),
+        "--storage-path",
+        str(tmp_path / "results"),
+        "--name",
+        name,
+        "--experiment",
+        EXPERIMENT,
+        *extra,
+    ]
 
 
 def registered_checkpoint(run_dir: Path) -> int:
@@ -236,13 +264,25 @@ def test_node_failure_resumes_from_the_last_checkpoint(shards, tmp_path, ray_env
         worker_node = cluster.add_node(num_cpus=2, node_ip_address=WORKER_IP)
         tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         args = train_args(
-            shards, tmp_path, "nodes", "--address", cluster.address,
-            "--workers", "2", "--cpus-per-worker", "2", "--max-failures", "1", "--tracking-uri", tracking_uri,
-        )  # fmt: skip
+            shards,
+            tmp_path,
+            "nodes",
+            "--address",
+            cluster.address,
+            "--workers",
+            "2",
+            "--cpus-per-worker",
+            "2",
+            "--max-failures",
+            "1",
+            "--tracking-uri",
+            tracking_uri,
+        )
         driver = TrainProcess(args, ray_env, tmp_path / "driver.log")
         drivers.append(driver)
-        first_attempt = driver.wait_until(lambda: len(worker_nodes(driver)) == 2 and worker_nodes(driver),
-                                          "both workers' placement lines")  # fmt: skip
+        first_attempt = driver.wait_until(
+            lambda: len(worker_nodes(driver)) == 2 and worker_nodes(driver), "both workers' placement lines"
+        )
         assert {node for _, node in first_attempt.values()} == {cluster.head_node.node_id, worker_node.node_id}
 
         run_dir = tmp_path / "results" / "nodes"
@@ -318,10 +358,22 @@ def test_mlflow_outages_lose_no_metric_and_a_server_that_never_returns_ends_with
     iterations = 2 * ITERATIONS  # room for both outages before the end
     eval_interval = iterations // 2
     args = train_args(
-        shards, tmp_path, "outages", "--cpus-per-worker", "1", "--tracking-uri", mlflow_server.uri,
-        "--iterations", str(iterations), "--eval-interval", str(eval_interval), "--tracking-timeout", "3",
-        "--experiment", "outages",
-    )  # fmt: skip
+        shards,
+        tmp_path,
+        "outages",
+        "--cpus-per-worker",
+        "1",
+        "--tracking-uri",
+        mlflow_server.uri,
+        "--iterations",
+        str(iterations),
+        "--eval-interval",
+        str(eval_interval),
+        "--tracking-timeout",
+        "3",
+        "--experiment",
+        "outages",
+    )
     driver = TrainProcess(args, ray_env, tmp_path / "driver.log", iterations)
     drivers.append(driver)
     run_dir = tmp_path / "results" / "outages"
@@ -334,8 +386,10 @@ def test_mlflow_outages_lose_no_metric_and_a_server_that_never_returns_ends_with
     buffer = run_dir / "mlflow-buffer.jsonl"  # rank 0's, while MLflow cannot be reached
     held = driver.wait_until(lambda: len(steps := buffered_steps(buffer)) >= 2 and steps, "metrics buffered")
     mlflow_server.start()
-    driver.wait_until(lambda: {m.step for m in client.get_metric_history(run_id, "loss")} >= set(held),
-                      "the buffered metrics sent once MLflow is back")  # fmt: skip
+    driver.wait_until(
+        lambda: {m.step for m in client.get_metric_history(run_id, "loss")} >= set(held),
+        "the buffered metrics sent once MLflow is back",
+    )
     printed = driver.iteration()
     assert printed < iterations, "the run ended before the second outage; give it more iterations"
 

@@ -302,8 +302,9 @@ def test_validation_resizes_then_pads_the_image_only() -> None:
     image_t, label_t = transform(image, label)
     assert transform.valid_size(30, 50) == (40, 67)  # factor min(100/50, 40/30) = 4/3
     assert image_t.shape == (3, 64, 96)
-    reference = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].double(), size=(40, 67),
-                              mode="bilinear", align_corners=False)[0]  # fmt: skip
+    reference = F.interpolate(
+        torch.from_numpy(image).permute(2, 0, 1)[None].double(), size=(40, 67), mode="bilinear", align_corners=False
+    )[0]
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     assert torch.allclose(image_t[:, :40, :67].double(), (reference - mean) / std, atol=1e-4)
     assert (image_t[:, 40:] == 0).all() and (image_t[:, :, 67:] == 0).all()

@@ -114,8 +114,20 @@ def check_sweep(tracking_uri, parent_id, tmp_path, capsys, decoders: list[str], 
 
 def sweep(space: Path, shards: Path, tmp_path: Path, tracking_uri: str, name: str, capsys, *extra: str) -> str:
     """`nrd-bench tune` in this process (on the session's Ray); returns the parent run id it printed."""
-    args = ["tune", "--space", str(space), "--dataset-dir", str(shards), "--storage-path", str(tmp_path / "results"),
-            "--tracking-uri", tracking_uri, "--name", name, *extra]  # fmt: skip
+    args = [
+        "tune",
+        "--space",
+        str(space),
+        "--dataset-dir",
+        str(shards),
+        "--storage-path",
+        str(tmp_path / "results"),
+        "--tracking-uri",
+        tracking_uri,
+        "--name",
+        name,
+        *extra,
+    ]
     assert main(args) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["parent_run_id"]
 
@@ -238,9 +250,22 @@ def test_killed_sweep_resumes_without_rerunning_or_duplicating(shards, tmp_path,
     checked as any other (parent, trials, pareto, report)."""
     space = write_space(tmp_path, "bilinear, nrd")
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    command = [sys.executable, "-m", "pipeline.cli", "tune", "--space", str(space), "--dataset-dir", str(shards),
-               "--storage-path", str(tmp_path / "results"), "--tracking-uri", tracking_uri,
-               "--name", "resume"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "tune",
+        "--space",
+        str(space),
+        "--dataset-dir",
+        str(shards),
+        "--storage-path",
+        str(tmp_path / "results"),
+        "--tracking-uri",
+        tracking_uri,
+        "--name",
+        "resume",
+    ]
     with open(tmp_path / "first.log", "wb") as log:
         driver = subprocess.Popen(command, cwd=tmp_path, env=ray_env, stdout=log, stderr=log, start_new_session=True)
     client = MlflowClient(tracking_uri)
@@ -260,8 +285,9 @@ def test_killed_sweep_resumes_without_rerunning_or_duplicating(shards, tmp_path,
             os.kill(pid, signal.SIGKILL)
     first_trial = finished[0]
 
-    resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, env=ray_env, capture_output=True, text=True,
-                             timeout=600)  # fmt: skip
+    resumed = subprocess.run(
+        [*command, "--resume"], cwd=tmp_path, env=ray_env, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming sweep resume" in resumed.stderr
     experiment = client.get_experiment_by_name("nrd-bench")

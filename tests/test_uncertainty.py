@@ -101,8 +101,13 @@ def test_differences_are_paired_by_a_shared_image_draw():
     assert_same_distribution(difference, paired)
     with pytest.raises(AssertionError):  # the check tells pairing from independent draws of the two
         assert_same_distribution(difference, unpaired)
-    comparison = compare(boot, "better", "a", {"better": 0.27, "a": 1.0}, labels={"better": "nrd/resnet50",
-                         "a": "deeplabv3plus/resnet50"})  # fmt: skip
+    comparison = compare(
+        boot,
+        "better",
+        "a",
+        {"better": 0.27, "a": 1.0},
+        labels={"better": "nrd/resnet50", "a": "deeplabv3plus/resnet50"},
+    )
     diff = comparison.difference
     assert diff.low > 0 and diff.value > 0 and min(paired) > 0  # better on every draw
     assert math.isclose(diff.value, miou(BETTER.sum(0)) - miou(A.sum(0)), rel_tol=1e-12)
@@ -118,8 +123,12 @@ def test_reproducible_and_order_independent():
     repeats = {"a": evidence(A), "b": evidence(A, B_SEED_2)}
     first = bootstrap(repeats, metrics=("mIoU", "aAcc", "IoU.car"), resamples=500, seed=7)
     shuffled = [2, 0, 1]
-    again = bootstrap({"b": evidence(A[shuffled], B_SEED_2[shuffled], ids=tuple(IDS[i] for i in shuffled)),
-                       "a": evidence(A)}, metrics=("mIoU", "aAcc", "IoU.car"), resamples=500, seed=7)  # fmt: skip
+    again = bootstrap(
+        {"b": evidence(A[shuffled], B_SEED_2[shuffled], ids=tuple(IDS[i] for i in shuffled)), "a": evidence(A)},
+        metrics=("mIoU", "aAcc", "IoU.car"),
+        resamples=500,
+        seed=7,
+    )
     for key in repeats:
         for name in ("mIoU", "aAcc", "IoU.car"):
             np.testing.assert_array_equal(first.replicates[key][name], again.replicates[key][name])
@@ -141,8 +150,9 @@ def test_other_images_or_classes_are_refused():
 
 
 def test_no_counts_means_no_interval():
-    boot = bootstrap({"a": evidence(A), "logged": [], "nothing": []}, resamples=200,
-                     logged={"logged": {"mIoU": [40.0, 42.0]}})  # fmt: skip
+    boot = bootstrap(
+        {"a": evidence(A), "logged": [], "nothing": []}, resamples=200, logged={"logged": {"mIoU": [40.0, 42.0]}}
+    )
     estimate = boot.estimates["logged"]["mIoU"]
     assert estimate.value == 41.0 and estimate.seeds == 2
     assert not estimate.has_interval and estimate.scheme == NO_INTERVAL and estimate.low is None
@@ -164,8 +174,13 @@ def test_front_probability_on_clear_and_mixed_cases():
     perfect[..., 1:] = 0
     close = A.copy()
     close[0, 0, 0] += 1  # slightly better than A on draws holding img0, equal otherwise
-    repeats = {"perfect": evidence(perfect), "dominated": evidence(A), "cheap": evidence(A), "close": evidence(close),
-               "twin": evidence(A)}  # fmt: skip
+    repeats = {
+        "perfect": evidence(perfect),
+        "dominated": evidence(A),
+        "cheap": evidence(A),
+        "close": evidence(close),
+        "twin": evidence(A),
+    }
     boot = bootstrap(repeats, resamples=2000, seed=11)
     costs = {"perfect": 1.0, "dominated": 2.0, "cheap": 0.5}
     assert front_probability(boot, costs) == {"perfect": 1.0, "dominated": 0.0, "cheap": 1.0}
@@ -206,8 +221,11 @@ def test_kendall_tau_b_by_hand():
 
 
 def test_ranking_change():
-    steady = {"x": ([1000, 2000, 3000], [30, 40, 50]), "y": ([1000, 2000, 3000], [20, 30, 45]),
-              "z": ([1000, 2000, 3000], [10, 20, 25])}  # fmt: skip
+    steady = {
+        "x": ([1000, 2000, 3000], [30, 40, 50]),
+        "y": ([1000, 2000, 3000], [20, 30, 45]),
+        "z": ([1000, 2000, 3000], [10, 20, 25]),
+    }
     result = ranking_change(steady)
     assert result.tau == 1.0 and not result.changed and result.iterations == (2000.0, 3000.0)
     swapped = dict(steady, z=([1000, 2000, 3000], [10, 20, 46]))  # z overtakes y at the last evaluation
@@ -247,8 +265,9 @@ def test_plots_are_written(tmp_path):
 
     from pipeline.results.uncertainty_plots import plot_front_uncertainty, plot_learning_curves
 
-    boot = bootstrap({"a": evidence(A), "better": evidence(BETTER), "logged": []}, resamples=300,
-                     logged={"logged": {"mIoU": [50.0]}})  # fmt: skip
+    boot = bootstrap(
+        {"a": evidence(A), "better": evidence(BETTER), "logged": []}, resamples=300, logged={"logged": {"mIoU": [50.0]}}
+    )
     costs = {"a": 2.0, "better": 1.0, "logged": 3.0}
     estimates = {key: boot.estimates[key]["mIoU"] for key in costs}
     probabilities = front_probability(boot, costs)

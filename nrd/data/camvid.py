@@ -16,14 +16,32 @@ class CamVidDataset(FilePairDataset):
     info = DatasetInfo(
         name="camvid",
         class_names=(
-            "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
+            "Sky",
+            "Building",
+            "Pole",
+            "Road",
+            "Pavement",
+            "Tree",
+            "SignSymbol",
+            "Fence",
+            "Car",
+            "Pedestrian",
             "Bicyclist",
         ),
         palette=(
-            (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
-            (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+            (128, 128, 128),
+            (128, 0, 0),
+            (192, 192, 128),
+            (128, 64, 128),
+            (60, 40, 222),
+            (128, 128, 0),
+            (192, 128, 128),
+            (64, 64, 128),
+            (64, 0, 128),
+            (64, 64, 0),
+            (0, 128, 192),
         ),
-    )  # fmt: skip
+    )
     splits = ("train", "val", "test")
     lut = label_lut({**{value: value for value in range(VOID)}, VOID: IGNORE_INDEX})
 

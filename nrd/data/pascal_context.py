@@ -21,13 +21,66 @@ from nrd.data.readers import FilePairDataset, bit_palette, check_split, label_lu
 
 # The 59 object/stuff classes, in label-value order 1-59.
 CLASS_NAMES_59 = (
-    "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle",
-    "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth", "computer", "cow",
-    "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food", "grass", "ground",
-    "horse", "keyboard", "light", "motorbike", "mountain", "mouse", "person", "plate", "platform", "pottedplant",
-    "road", "rock", "sheep", "shelves", "sidewalk", "sign", "sky", "snow", "sofa", "table",
-    "track", "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood",
-)  # fmt: skip
+    "aeroplane",
+    "bag",
+    "bed",
+    "bedclothes",
+    "bench",
+    "bicycle",
+    "bird",
+    "boat",
+    "book",
+    "bottle",
+    "building",
+    "bus",
+    "cabinet",
+    "car",
+    "cat",
+    "ceiling",
+    "chair",
+    "cloth",
+    "computer",
+    "cow",
+    "cup",
+    "curtain",
+    "dog",
+    "door",
+    "fence",
+    "floor",
+    "flower",
+    "food",
+    "grass",
+    "ground",
+    "horse",
+    "keyboard",
+    "light",
+    "motorbike",
+    "mountain",
+    "mouse",
+    "person",
+    "plate",
+    "platform",
+    "pottedplant",
+    "road",
+    "rock",
+    "sheep",
+    "shelves",
+    "sidewalk",
+    "sign",
+    "sky",
+    "snow",
+    "sofa",
+    "table",
+    "track",
+    "train",
+    "tree",
+    "truck",
+    "tvmonitor",
+    "wall",
+    "water",
+    "window",
+    "wood",
+)
 _PALETTE_60 = bit_palette(len(CLASS_NAMES_59) + 1)
 CONVERSION_HINT = (
     "the labels (SegmentationClassContext/*.png, values 0-59) and split lists come from converting "
@@ -48,8 +101,11 @@ class PascalContextDataset(FilePairDataset):
         check_split(self, split)
         voc = self.root / "VOCdevkit" / "VOC2010"
         list_file = voc / "ImageSets" / "SegmentationContext" / f"{split}.txt"
-        expected = [(voc / "JPEGImages", Path.is_dir), (voc / "SegmentationClassContext", Path.is_dir),
-                    (list_file, Path.is_file)]  # fmt: skip
+        expected = [
+            (voc / "JPEGImages", Path.is_dir),
+            (voc / "SegmentationClassContext", Path.is_dir),
+            (list_file, Path.is_file),
+        ]
         missing = [path.relative_to(voc).as_posix() for path, exists in expected if not exists(path)]
         if missing:
             raise MissingPairError(

@@ -254,8 +254,13 @@ def read_row(dataset: SegmentationDataset, sample: Sample, skip_bad: bool) -> di
         if not skip_bad:
             raise
         return error
-    return {"id": raw.id, "image": raw.image_bytes, "label": encode_png(raw.label), "height": raw.height,
-            "width": raw.width}  # fmt: skip
+    return {
+        "id": raw.id,
+        "image": raw.image_bytes,
+        "label": encode_png(raw.label),
+        "height": raw.height,
+        "width": raw.width,
+    }
 
 
 def write_shard(rows: list[dict], out: Path, file: str) -> dict:
@@ -263,10 +268,14 @@ def write_shard(rows: list[dict], out: Path, file: str) -> dict:
     write_atomic(
         out / file,
         lambda path: pq.write_table(
-            table, path, row_group_size=ROW_GROUP_ROWS, compression="none", use_dictionary=False,
+            table,
+            path,
+            row_group_size=ROW_GROUP_ROWS,
+            compression="none",
+            use_dictionary=False,
             write_statistics=False,
         ),
-    )  # fmt: skip
+    )
     return {"file": file, "rows": len(rows), "sha256": file_sha256(out / file)}
 
 

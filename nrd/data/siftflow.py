@@ -35,11 +35,40 @@ LABEL_VARIABLE = "S"
 
 # Label values 1-33, in order (the release's classes.mat / classes.csv).
 CLASS_NAMES = (
-    "awning", "balcony", "bird", "boat", "bridge", "building", "bus", "car", "cow", "crosswalk",
-    "desert", "door", "fence", "field", "grass", "moon", "mountain", "person", "plant", "pole",
-    "river", "road", "rock", "sand", "sea", "sidewalk", "sign", "sky", "staircase", "streetlight",
-    "sun", "tree", "window",
-)  # fmt: skip
+    "awning",
+    "balcony",
+    "bird",
+    "boat",
+    "bridge",
+    "building",
+    "bus",
+    "car",
+    "cow",
+    "crosswalk",
+    "desert",
+    "door",
+    "fence",
+    "field",
+    "grass",
+    "moon",
+    "mountain",
+    "person",
+    "plant",
+    "pole",
+    "river",
+    "road",
+    "rock",
+    "sand",
+    "sea",
+    "sidewalk",
+    "sign",
+    "sky",
+    "staircase",
+    "streetlight",
+    "sun",
+    "tree",
+    "window",
+)
 
 
 def read_names(list_file: Path) -> list[str]:

@@ -37,11 +37,12 @@ class ConvBNReLU(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1, groups: int = 1):
         padding = dilation * (kernel_size - 1) // 2
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, groups=groups,
-                      bias=False),
+            nn.Conv2d(
+                in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, groups=groups, bias=False
+            ),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
-        )  # fmt: skip
+        )
         init_conv_module(self[0])
         nn.init.ones_(self[1].weight)
         nn.init.zeros_(self[1].bias)

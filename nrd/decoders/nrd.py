@@ -164,9 +164,11 @@ class NRDDecoder(Decoder):
         stride = self.context_stride
         if not is_int(patch_factor) or patch_factor < 2 or patch_factor & (patch_factor - 1) or stride % patch_factor:
             raise InvalidHyperparameterError(
-                owner, "patch_factor", patch_factor,
+                owner,
+                "patch_factor",
+                patch_factor,
                 f"a power of two that divides the encoder output stride {stride} (8, 16 or 32 at stride 32)",
-            )  # fmt: skip
+            )
         if not is_int(guidance_stage) or guidance_stage not in range(1, len(encoder_channels) + 1):
             raise InvalidHyperparameterError(
                 owner, "guidance_stage", guidance_stage, f"an encoder stage in 1..{len(encoder_channels)}"

@@ -87,15 +87,18 @@ def ranking_change(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]]
     iterations evaluated by every configuration are compared; runs stopped early (ASHA) are best left out by the
     caller, or the comparison falls back to the iterations they reached. None when fewer than 2 configurations
     or 2 common evaluations."""
-    tables = {key: dict(zip(np.asarray(it, float).tolist(), np.asarray(v, float).tolist(), strict=True))
-              for key, (it, v) in curves.items()}  # fmt: skip
+    tables = {
+        key: dict(zip(np.asarray(it, float).tolist(), np.asarray(v, float).tolist(), strict=True))
+        for key, (it, v) in curves.items()
+    }
     common = sorted(set.intersection(*(set(table) for table in tables.values()))) if tables else []
     if len(tables) < 2 or len(common) < 2:
         return RankingChange(None, None, len(tables), None)
     before, last = common[-2], common[-1]
     tau = kendall_tau_b([t[last] for t in tables.values()], [t[before] for t in tables.values()])
-    return RankingChange(None if math.isnan(tau) else tau, (before, last), len(tables),
-                         None if math.isnan(tau) else tau < 1.0)  # fmt: skip
+    return RankingChange(
+        None if math.isnan(tau) else tau, (before, last), len(tables), None if math.isnan(tau) else tau < 1.0
+    )
 
 
 @dataclass(frozen=True)
@@ -120,5 +123,10 @@ def curve_band(curves: Sequence[tuple[Sequence[float], Sequence[float]]]) -> Cur
                 table.setdefault(float(iteration), []).append(float(value))
     steps = sorted(table)
     columns = [np.asarray(table[step]) for step in steps]
-    return CurveBand(np.asarray(steps), np.asarray([c.mean() for c in columns]), np.asarray([c.min() for c in columns]),
-                     np.asarray([c.max() for c in columns]), np.asarray([c.size for c in columns]))  # fmt: skip
+    return CurveBand(
+        np.asarray(steps),
+        np.asarray([c.mean() for c in columns]),
+        np.asarray([c.min() for c in columns]),
+        np.asarray([c.max() for c in columns]),
+        np.asarray([c.size for c in columns]),
+    )

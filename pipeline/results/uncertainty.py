@@ -41,10 +41,19 @@ from pipeline.results.front import pareto_front
 RESAMPLES = 2000
 CONFIDENCE = 0.95
 Y_METRICS = ("mIoU", "mAcc", "mDice", "aAcc")  # and "IoU.<class name>" for one class
-COST_WORDS = {"gmacs_decoder": "decoder MACs", "gmacs_model": "model MACs", "params_m": "params",
-              "latency_p50_ms": "median latency"}  # fmt: skip
+COST_WORDS = {
+    "gmacs_decoder": "decoder MACs",
+    "gmacs_model": "model MACs",
+    "params_m": "params",
+    "latency_p50_ms": "median latency",
+}
 SEEDS_AND_IMAGES, IMAGES_ONLY, TIMINGS, EXACT, NO_INTERVAL = (
-    "seeds and images", "images (one seed)", "timings", "exact", "none")  # fmt: skip
+    "seeds and images",
+    "images (one seed)",
+    "timings",
+    "exact",
+    "none",
+)
 
 
 class UncertaintyInputError(NRDBenchError, ValueError):
@@ -80,9 +89,16 @@ class Estimate:
         return f"{number(self.value)} ({'exact' if self.scheme == EXACT else f'no interval: {self.note}'})"
 
     def to_dict(self) -> dict:
-        return {"value": self.value, "low": self.low, "high": self.high, "scheme": self.scheme,
-                "resamples": self.resamples, "confidence": self.confidence, "seeds": self.seeds,
-                "note": self.note}  # fmt: skip
+        return {
+            "value": self.value,
+            "low": self.low,
+            "high": self.high,
+            "scheme": self.scheme,
+            "resamples": self.resamples,
+            "confidence": self.confidence,
+            "seeds": self.seeds,
+            "note": self.note,
+        }
 
 
 def exact(value: float | None) -> Estimate:
@@ -119,11 +135,17 @@ class Bootstrap:
 
     def to_dict(self) -> dict:
         """JSON-ready: the settings and ``{"estimates": {key: {metric: Estimate.to_dict()}}}`` (no replicates)."""
-        return {"resamples": self.resamples, "seed": self.seed, "confidence": self.confidence,
-                "images": len(self.image_ids), "resampling": "percentile bootstrap over validation images (one draw "
-                "shared by all configurations) and over each configuration's seeds",
-                "estimates": {key: {name: e.to_dict() for name, e in values.items()}
-                              for key, values in self.estimates.items()}}  # fmt: skip
+        return {
+            "resamples": self.resamples,
+            "seed": self.seed,
+            "confidence": self.confidence,
+            "images": len(self.image_ids),
+            "resampling": "percentile bootstrap over validation images (one draw "
+            "shared by all configurations) and over each configuration's seeds",
+            "estimates": {
+                key: {name: e.to_dict() for name, e in values.items()} for key, values in self.estimates.items()
+            },
+        }
 
 
 def _metric(scores: dict[str, np.ndarray], name: str, class_names: tuple[str, ...]) -> np.ndarray:
@@ -186,10 +208,13 @@ def bootstrap(
         if not parts or n == 0:
             values = (logged or {}).get(key, {})
             estimates[key] = {
-                name: Estimate(float(np.mean(values[name])) if len(values.get(name, ())) else None,
-                               seeds=len(values.get(name, ())), note="no per-image counts")
+                name: Estimate(
+                    float(np.mean(values[name])) if len(values.get(name, ())) else None,
+                    seeds=len(values.get(name, ())),
+                    note="no per-image counts",
+                )
                 for name in metrics
-            }  # fmt: skip
+            }
             continue
         counts = np.stack([part.in_order(image_ids) for part in parts]).astype(np.float64)  # (S, N, K, 3)
         s, _, k, _ = counts.shape
@@ -207,9 +232,15 @@ def bootstrap(
             finite = values[np.isfinite(values)]
             low, high = _quantiles(finite, confidence) if finite.size else (None, None)
             estimates[key][name] = Estimate(
-                float(np.mean(_metric(full, name, class_names))), low, high, scheme, resamples, confidence, s,
+                float(np.mean(_metric(full, name, class_names))),
+                low,
+                high,
+                scheme,
+                resamples,
+                confidence,
+                s,
                 "" if finite.size == resamples else f"{resamples - finite.size} replicates undefined, left out",
-            )  # fmt: skip
+            )
     return Bootstrap(image_ids, resamples, seed, confidence, estimates, replicates)
 
 

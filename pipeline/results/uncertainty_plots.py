@@ -77,22 +77,40 @@ def plot_front_uncertainty(
     for key in keys:
         x, estimate, p = costs[key], estimates[key], probabilities.get(key)
         if estimate.has_interval:
-            axes.errorbar(x, estimate.value, yerr=[[estimate.value - estimate.low], [estimate.high - estimate.value]],
-                          color="0.35", linewidth=1, capsize=3, zorder=1)  # fmt: skip
+            axes.errorbar(
+                x,
+                estimate.value,
+                yerr=[[estimate.value - estimate.low], [estimate.high - estimate.value]],
+                color="0.35",
+                linewidth=1,
+                capsize=3,
+                zorder=1,
+            )
         if p is None:
             axes.scatter(x, estimate.value, s=45, facecolors="none", edgecolors="0.5", zorder=2)
         else:
-            axes.scatter(x, estimate.value, s=55, color=shades.to_rgba(p), edgecolors="black", linewidths=0.6,
-                         zorder=2)  # fmt: skip
+            axes.scatter(x, estimate.value, s=55, color=shades.to_rgba(p), edgecolors="black", linewidths=0.6, zorder=2)
         note = "no interval" if p is None else f"p={p:.2f}"
         note += ", rising" if key in rising else ""
-        axes.annotate(f"{(labels or {}).get(key, key)} ({note})", (x, estimate.value), xytext=(5, 5),
-                      textcoords="offset points", fontsize=7)  # fmt: skip
+        axes.annotate(
+            f"{(labels or {}).get(key, key)} ({note})",
+            (x, estimate.value),
+            xytext=(5, 5),
+            textcoords="offset points",
+            fontsize=7,
+        )
     if keys:
         xs, ys = [costs[k] for k in keys], [estimates[k].value for k in keys]
         front = sorted((xs[i], ys[i]) for i in pareto_front(xs, ys))
-        axes.step([x for x, _ in front] + [max(xs)], [y for _, y in front] + [front[-1][1]], where="post",
-                  color="0.25", linewidth=1.2, zorder=0, label="front of the point values")  # fmt: skip
+        axes.step(
+            [x for x, _ in front] + [max(xs)],
+            [y for _, y in front] + [front[-1][1]],
+            where="post",
+            color="0.25",
+            linewidth=1.2,
+            zorder=0,
+            label="front of the point values",
+        )
         axes.legend(loc="lower right", fontsize=8, frameon=False)
         axes.margins(x=0.12, y=0.12)
     else:
