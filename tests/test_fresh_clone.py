@@ -25,14 +25,20 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_SPACE = "tests/demo_quick_space.yaml"  # relative to the clone's root, where make runs
-BUDGET = {"iterations", "schedule.log_interval", "schedule.eval_interval", "schedule.checkpoint_interval"}
+BUDGET = {
+    "iterations",
+    "schedule.warmup_iterations",
+    "schedule.log_interval",
+    "schedule.eval_interval",
+    "schedule.checkpoint_interval",
+}
 
 
 def test_the_quick_demo_space_is_the_demo_sweep_on_a_smaller_budget():
     smoke = yaml.safe_load((REPO / "tune_spaces" / "smoke.yaml").read_text())
     quick = yaml.safe_load((REPO / QUICK_SPACE).read_text())
-    assert quick["space"]["decoder"] == smoke["space"]["decoder"]  # NRD and both baselines
-    assert set(quick["space"]["encoder"]["grid"]) < set(smoke["space"]["encoder"]["grid"])
+    assert quick["space"]["model.decoder"] == smoke["space"]["model.decoder"]  # NRD and both baselines
+    assert set(quick["space"]["model.encoder"]["grid"]) < set(smoke["space"]["model.encoder"]["grid"])
     assert set(quick["space"]) == set(smoke["space"])
     for section in ("search", "fixed"):
         keys = set(smoke[section]) | set(quick[section])
