@@ -1,5 +1,7 @@
 # The README's two commands: `make demo` (the main job) and `make test` (the test suite).
 # Both create .venv on first use; torch==2.13.0 is installed first so that pip never pulls a CUDA build.
+# --no-compile: Python compiles only the modules it imports, when it first imports them (the install takes about
+# half the time; measured 51 s against 91 s here).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,8 +11,8 @@ STAMP := $(VENV)/.nrd-bench-installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-compile torch==2.13.0
+	$(PY) -m pip install --quiet --no-compile -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

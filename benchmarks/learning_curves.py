@@ -163,7 +163,8 @@ class Batches:
 
 
 def within_patch_share(model, images: torch.Tensor) -> float:
-    """Share of the variance of g_θ's logits (stride f grid, before up-sampling) that lies inside the patches."""
+    """Share of the variance of g_θ's logits (stride f grid, before up-sampling) that lies inside the patches; 0 when
+    the logits do not vary at all (then nothing varies inside a patch either: the degenerate end of the saddle)."""
     decoder = model.decoder
     with torch.no_grad():
         padded = model.pad(images)
@@ -177,7 +178,7 @@ def within_patch_share(model, images: torch.Tensor) -> float:
     patches = logits.reshape(batch, classes, height // f, f, width // f, f)
     within = (patches - patches.mean(dim=(3, 5), keepdim=True)).square().sum()
     total = (logits - logits.mean(dim=(0, 2, 3), keepdim=True)).square().sum()
-    return float(within / total) if total > 0 else math.nan
+    return float(within / total) if total > 0 else 0.0
 
 
 def evaluate(model, val_batches, num_classes: int) -> dict[str, float]:

@@ -146,9 +146,9 @@ class LocalRay:
         import ray
 
         if not ray.is_initialized():
-            ray.init(
-                address="local", num_cpus=2, log_to_driver=True, _temp_dir=self.temp_dir, _node_ip_address="127.0.0.1"
-            )
+            from pipeline.training.cluster import init_local_ray
+
+            init_local_ray(num_cpus=2, log_to_driver=True, _temp_dir=self.temp_dir)
             self.starts += 1
 
 

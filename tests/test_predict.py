@@ -421,7 +421,8 @@ def test_predictions_reproduce_the_metrics_training_logged(camvid_run, capsys):
     )
     capsys.readouterr()
     msflip = evaluate_json(root / "msflip" / "labels", root / "labels", capsys)
-    assert msflip["mIoU"] != result["mIoU"]  # another prediction indeed
+    # (that --mode msflip is another prediction than whole is shown pixel for pixel by
+    # test_single_file_slide_and_msflip; after 4 iterations this model's argmax can be the same in both modes)
     # the same function on the same pixels; only the thread count differs (Ray's worker runs torch on 1 thread)
     assert msflip["mIoU"] == pytest.approx(logged["mIoU_msflip"], abs=1e-3)
     assert msflip["aAcc"] == pytest.approx(logged["aAcc_msflip"], abs=1e-3)

@@ -194,7 +194,7 @@ def job_env(items: Sequence[str], environ: Mapping[str, str] | None = None) -> d
 
 def project_root() -> Path:
     """The nrd-bench checkout this code runs from (the folder holding pyproject.toml): the default working dir."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file():
         raise JobSubmissionError(f"nrd-bench is not run from a source checkout ({root}); pass --working-dir")
     return root

@@ -24,10 +24,42 @@ def start_ray(address: str | None) -> bool:
     else:
         # Workers of a local Ray inherit this: Train V2 patches print to also log, so every line showed twice.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-        # The dashboard (bound to 127.0.0.1) stays on: Ray Train's placement-group cleaner reads it, and without
-        # it a trial stopped by ASHA leaks its workers' reservation and later trials wait forever.
-        ray.init(_node_ip_address="127.0.0.1", log_to_driver=True)
+        init_local_ray(log_to_driver=True)
         return False
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def init_local_ray(**options) -> str:
+    """Start a new local Ray bound to 127.0.0.1 with its dashboard on a free port, and connect to it; returns the
+    dashboard's URL. The dashboard stays on: Ray Train's placement-group cleaner reads it, and without it a trial
+    stopped by ASHA leaks its workers' reservation and later trials wait forever. Ray's processes are told that
+    URL (``RAY_API_SERVER_ADDRESS``, set only while Ray starts, so this process keeps its own environment): left
+    to find it themselves they give up with "Found multiple active Ray instances" whenever another Ray runs on the
+    machine (a notebook's, a second command's), and the cleaner dies with a traceback in the run's log."""
+    import ray
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    previous = os.environ.get(API_SERVER_VARIABLE)
+    os.environ[API_SERVER_VARIABLE] = url  # the raylet starts now, and every Ray worker inherits its environment
+    try:
+        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_port=port, **options)
+    finally:
+        if previous is None:
+            del os.environ[API_SERVER_VARIABLE]
+        else:
+            os.environ[API_SERVER_VARIABLE] = previous
+    return url
+
+
+API_SERVER_VARIABLE = "RAY_API_SERVER_ADDRESS"  # ray._private.ray_constants.RAY_API_SERVER_ADDRESS_ENVIRONMENT_VARIABLE
 
 
 def check_cluster(config: TrainConfig, can_grow: bool = False, poll_interval: float = 5.0) -> None:
