@@ -21,7 +21,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 
 def readme_commands(path: Path) -> list[list[str]]:
@@ -37,6 +39,27 @@ def readme_commands(path: Path) -> list[list[str]]:
                 words.pop(0)
             commands.append(words)
     return commands
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # real data: read there, never copied
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data; the test is skipped, saying which path, when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not found: {path} (the real data sets are read from ../shared/data)")
+    return path
+
+
+def read_png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def write_image(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import read_png, shared, write_image
 
 from nrd.data import (
     DATASETS,
@@ -25,25 +25,7 @@ from nrd.data.base import decode_image
 from nrd.data.cityscapes import LABELS
 from nrd.errors import InvalidHyperparameterError, UnknownNameError
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FRAME = "frankfurt_000000_000294"
-
-
-def shared(*parts: str) -> Path:
-    path = DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared data not found: {path}")
-    return path
-
-
-def read_png(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path))
-
-
-def write_image(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
 
 
 # --- Cityscapes --------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, read_png, shared, write_image
 from PIL import Image
 
 from nrd.data import (
@@ -27,26 +28,8 @@ from nrd.data.transforms import TrainTransform, default_train_config, sample_rng
 from nrd.errors import InvalidHyperparameterError
 from pipeline.commands.cli import main
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIFT_IMAGES = "Images/spatial_envelope_256x256_static_8outdoorcategories"
 SIFT_MATS = "SemanticLabels/spatial_envelope_256x256_static_8outdoorcategories"
-
-
-def shared(*parts: str) -> Path:
-    path = DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared data not found: {path} (IDD-Lite and SIFT Flow are read from ../shared/data)")
-    return path
-
-
-def read_png(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path))
-
-
-def write_image(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
 
 
 def class_rows(csv_path: Path) -> list[dict]:
@@ -274,7 +257,7 @@ def test_siftflow_release_layout(siftflow_release):
     train = dataset.list_samples("train")
     assert [s.id for s in test] == test_names and len(test) == 2
     assert [s.id for s in train] == sorted(set(names) - set(test_names))
-    source = DATA / "siftflow" / "SemanticLabels" / "labels_png"
+    source = SHARED_DATA / "siftflow" / "SemanticLabels" / "labels_png"
     for sample in train + test:
         assert sample.label_path == release / SIFT_MATS / f"{sample.id}.mat"
         stored = read_png(source / f"{sample.id}.png").astype(np.int64)
