@@ -1,8 +1,8 @@
-"""Fault tolerance of ``nrd-bench train``, with real processes and no mocks: a node of a two-node Ray cluster dies
-mid-run, the driver is interrupted and run again, and the MLflow server goes away mid-run (once briefly, then for
-good, in one run). Each time the run must end with the exact iteration count and leave one FINISHED MLflow run in
-which every metric step the workers logged is present exactly once; after a failure it must resume from its last
-checkpoint.
+"""Fault tolerance of ``nrd-bench train``, with real processes and no mocks: in one run, a node of a two-node Ray
+cluster dies mid-run and then the driver is interrupted and run again; in another, the MLflow server goes away
+mid-run (once briefly, then for good). Each time the run must end with the exact iteration count and leave one
+FINISHED MLflow run in which every metric step the workers logged is present exactly once; after a failure it must
+resume from its last checkpoint.
 
 The driver always runs as a subprocess (``python -m pipeline.cli train``) in its own session, so that the test can
 kill it, or a node under it, while it trains; its output (worker lines arrive through Ray's log_to_driver) is read
@@ -31,7 +31,6 @@ import pytest
 ray = pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
-from conftest import processes_using  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Run  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -252,8 +251,12 @@ def resumed_workers(driver: TrainProcess) -> dict[int, int]:
     return {int(m[1]): int(m[2]) for m in driver.matches(r"pid=(\d+)\).*resumed from checkpoint at iteration (\d+)")}
 
 
-@pytest.mark.timeout(TIMEOUT + 300)
-def test_node_failure_resumes_from_the_last_checkpoint(shards, tmp_path, ray_env, drivers):
+@pytest.mark.timeout(3 * TIMEOUT + 300)
+def test_node_failure_then_interrupted_driver_resume_from_the_last_checkpoint(shards, tmp_path, ray_env, drivers):
+    """One run on a two-node cluster, two faults: the worker node dies (Ray Train restarts both workers, one on a
+    replacement node, from the last checkpoint), then the driver is interrupted (Ctrl-C); its workers end with it,
+    and the same command run again resumes from the last checkpoint registered before the interruption."""
+    iterations = 20  # room for both faults, a checkpoint registered between them
     cluster = Cluster(
         initialize_head=True,
         shutdown_at_exit=False,  # True would make pytest a process-group leader; the finally below cleans up
@@ -266,7 +269,7 @@ def test_node_failure_resumes_from_the_last_checkpoint(shards, tmp_path, ray_env
         args = train_args(
             shards,
             tmp_path,
-            "nodes",
+            "faults",
             "--address",
             cluster.address,
             "--workers",
@@ -277,62 +280,51 @@ def test_node_failure_resumes_from_the_last_checkpoint(shards, tmp_path, ray_env
             "1",
             "--tracking-uri",
             tracking_uri,
+            "--iterations",
+            str(iterations),
+            "--eval-interval",
+            str(iterations),
         )
-        driver = TrainProcess(args, ray_env, tmp_path / "driver.log")
-        drivers.append(driver)
-        first_attempt = driver.wait_until(
-            lambda: len(worker_nodes(driver)) == 2 and worker_nodes(driver), "both workers' placement lines"
+        first = TrainProcess(args, ray_env, tmp_path / "first.log", iterations)
+        drivers.append(first)
+        first_attempt = first.wait_until(
+            lambda: len(worker_nodes(first)) == 2 and worker_nodes(first), "both workers' placement lines"
         )
         assert {node for _, node in first_attempt.values()} == {cluster.head_node.node_id, worker_node.node_id}
 
-        run_dir = tmp_path / "results" / "nodes"
-        checkpoint = driver.wait_until(lambda: registered_checkpoint(run_dir), "a registered checkpoint")
-        printed_before_kill = driver.iteration()
+        # the node failure
+        run_dir = tmp_path / "results" / "faults"
+        checkpoint = first.wait_until(lambda: registered_checkpoint(run_dir), "a registered checkpoint")
+        printed_before_kill = first.iteration()
         cluster.remove_node(worker_node, allow_graceful=False)
         replacement = cluster.add_node(num_cpus=2, node_ip_address=WORKER_IP)
-
-        result = driver.finish()
-        assert result["iteration"] == ITERATIONS
-        resumed = resumed_workers(driver)
-        assert len(resumed) == 2 and not resumed.keys() & first_attempt.keys()  # two new workers...
-        nodes = worker_nodes(driver)
+        resumed = first.wait_until(lambda: len(resumed_workers(first)) == 2 and resumed_workers(first), "2 resumes")
+        assert not resumed.keys() & first_attempt.keys()  # two new workers...
+        nodes = worker_nodes(first)
         assert {nodes[pid][1] for pid in resumed} == {cluster.head_node.node_id, replacement.node_id}  # ...on both
         (resumed_at,) = set(resumed.values())
         assert resumed_at >= checkpoint and resumed_at % CHECKPOINT_INTERVAL == 0
         assert printed_before_kill - resumed_at <= CHECKPOINT_INTERVAL, (printed_before_kill, resumed_at)
-        check_single_run(tracking_uri, {"loss": every(LOG_INTERVAL), "mIoU": [ITERATIONS]})
+
+        # the interrupted driver: its workers on the cluster end with it
+        first.wait_until(lambda: registered_checkpoint(run_dir) > resumed_at, "a checkpoint after the resume")
+        printed_at_interrupt = first.interrupt()
+        assert printed_at_interrupt < iterations, "the run ended before the driver was interrupted"
+        left = wait_for_exit(list(resumed), timeout=60)
+        assert not left, f"workers of the interrupted driver still running: {left}"
+        last_checkpoint = registered_checkpoint(run_dir)
+
+        second = TrainProcess(args, ray_env, tmp_path / "second.log", iterations)
+        drivers.append(second)
+        result = second.finish()
+        assert result["iteration"] == iterations
+        resumed = resumed_iteration(second)
+        assert resumed == last_checkpoint > resumed_at and resumed % CHECKPOINT_INTERVAL == 0
+        assert printed_at_interrupt - resumed <= CHECKPOINT_INTERVAL, (printed_at_interrupt, resumed)
+        assert min(second.iterations()) == resumed + LOG_INTERVAL
+        check_single_run(tracking_uri, {"loss": every(LOG_INTERVAL, iterations), "mIoU": [iterations]})
     finally:
         cluster.shutdown()
-
-
-@pytest.mark.timeout(2 * TIMEOUT + 300)
-def test_interrupted_driver_resumes_when_run_again(shards, tmp_path, ray_env, drivers):
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = train_args(shards, tmp_path, "restart", "--cpus-per-worker", "1", "--tracking-uri", tracking_uri)
-    first = TrainProcess(args, ray_env, tmp_path / "first.log")
-    drivers.append(first)
-    run_dir = tmp_path / "results" / "restart"
-    first.wait_until(lambda: registered_checkpoint(run_dir), "a registered checkpoint")
-    printed_at_interrupt = first.interrupt()
-    assert printed_at_interrupt < ITERATIONS, "the run ended before the driver was interrupted"
-    # Ray processes that left the driver's process group (seen under load: one survived 10 s) would be found again by
-    # the re-run: end them, as an operator's `ray stop` would, before checking that none is left.
-    for pid in wait_for_exit(processes_using(ray_env["RAY_TMPDIR"]), timeout=30):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    left = wait_for_exit(processes_using(ray_env["RAY_TMPDIR"]))
-    assert not left, f"processes of the killed driver's Ray still running: {left}"
-    last_checkpoint = registered_checkpoint(run_dir)
-
-    second = TrainProcess(args, ray_env, tmp_path / "second.log")
-    drivers.append(second)
-    result = second.finish()
-    assert result["iteration"] == ITERATIONS
-    resumed = resumed_iteration(second)
-    assert resumed == last_checkpoint and resumed % CHECKPOINT_INTERVAL == 0
-    assert printed_at_interrupt - resumed <= CHECKPOINT_INTERVAL, (printed_at_interrupt, resumed)
-    assert min(second.iterations()) == resumed + LOG_INTERVAL
-    check_single_run(tracking_uri, {"loss": every(LOG_INTERVAL), "mIoU": [ITERATIONS]})
 
 
 def buffered_steps(buffer: Path) -> list[int]:
