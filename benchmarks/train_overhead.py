@@ -41,7 +41,8 @@ import torch
 
 from nrd.data import ShardDataset, create_dataset, prepare_shards
 from nrd.data.transforms import TrainTransform, sample_rng
-from pipeline.config import TrainConfig, resolve
+from pipeline.config import TrainConfig
+from pipeline.resolve import resolve
 from pipeline.training.ingest import build_datasets, transform_config
 from pipeline.training.loop import learning_rate, seed_everything
 from pipeline.training.run import train

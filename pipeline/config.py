@@ -16,17 +16,17 @@ started before, MLflow's ``model.decoder_kwargs.<argument>`` params of older run
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from nrd import DECODERS, ModelConfig, decoder_arguments
-from nrd.data import read_manifest
 from nrd.errors import InvalidHyperparameterError, NRDBenchError, UnknownNameError
 from nrd.losses import LOSS_REDUCTIONS
 
@@ -112,6 +112,7 @@ class RunSettings:
     tracking_timeout: float = 300.0  # seconds the end of a run waits for an unreachable MLflow before giving up
 
 
+NOT_IN_CONFIG_KEY = ("seed", "log_interval", "checkpoint_interval")  # schedule settings repeats may differ in
 FROM_DATA = 0  # model.num_classes when not given: taken from the prepared data set's manifest
 SECTIONS = {"data": DataSettings, "schedule": ScheduleSettings, "scaling": ScalingSettings, "run": RunSettings}
 # The one table of short names: `nrd-bench train`'s flags (--dataset-dir is dest dataset_dir) and a space's short keys.
@@ -180,6 +181,17 @@ class TrainConfig:
                 else:
                     flat[f"{section}.{key}"] = str(value)
         return flat
+
+    def config_key(self) -> str:
+        """The configuration this run is a repeat of: a short hash of every setting that can change its result,
+        i.e. all but the seed, the log and checkpoint intervals and the ``run`` section (where results go, how
+        they are tracked). Runs with equal keys differ only in their seed."""
+        values = self.to_dict()
+        del values["run"]
+        for key in NOT_IN_CONFIG_KEY:
+            del values["schedule"][key]
+        text = json.dumps(values, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def updated(self, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
         """This config with ``values`` (flat names or short aliases → values) applied, validated whole. A
@@ -316,58 +328,6 @@ def field_default(key: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(kind)} if kind else {}
     default = getattr(fields.get(rest), "default", None)
     return None if default is dataclasses.MISSING else default
-
-
-def shard_files(dataset_dir: str, manifest: dict, split: str) -> list[str]:
-    """The Parquet shard files of one split of a prepared data set (``nrd-bench prepare``)."""
-    if split not in manifest["splits"]:
-        raise ConfigError(
-            f"{dataset_dir}: the prepared data set has no {split!r} split (has {list(manifest['splits'])})"
-        )
-    return [f"{dataset_dir.rstrip('/')}/{record['file']}" for record in manifest["splits"][split]["shards"]]
-
-
-def resolve(config: TrainConfig) -> tuple[TrainConfig, dict]:
-    """Once per run (or per sweep, for what its trials share): fill what the data set decides (num_classes, the
-    default name, absolute paths), check what needs the data, and build the model on the meta device (unknown names,
-    invalid hyperparameters fail here, before any worker starts). Returns the config and the data set's manifest."""
-    try:
-        manifest = read_manifest(config.data.dataset_dir)
-    except Exception as error:
-        raise ConfigError(f"data.dataset_dir: {error}") from error
-    model = config.model
-    if model.num_classes == FROM_DATA:
-        model = replace(model, num_classes=manifest["num_classes"])
-    elif model.num_classes != manifest["num_classes"]:
-        raise ConfigError(
-            f"model.num_classes={model.num_classes} but {config.data.dataset_dir} has {manifest['num_classes']} classes"
-        )
-    for split in ("train", "val"):
-        shard_files(config.data.dataset_dir, manifest, split)
-    train_count = manifest["splits"]["train"]["count"]
-    if train_count < config.schedule.batch_size:
-        raise ConfigError(
-            f"{config.data.dataset_dir}: the train split has {train_count} samples, fewer than one batch "
-            f"(schedule.batch_size={config.schedule.batch_size})"
-        )
-    run = config.run
-    name = run.name or f"{manifest['dataset']}-{model.decoder}-{model.encoder}"
-    data = config.data
-    if "://" not in data.dataset_dir:  # workers on other nodes or in other folders must find it too
-        data = replace(data, dataset_dir=str(Path(data.dataset_dir).resolve()))
-    storage = str(Path(run.storage_path).resolve())
-    config = replace(config, model=model, data=data, run=replace(run, name=name, storage_path=storage))
-    return check_model(config), manifest
-
-
-def check_model(config: TrainConfig) -> TrainConfig:
-    """Drop an auxiliary head no loss uses (DDP would be left with parameters that get no gradient), and build the
-    model on the meta device so that unknown names and invalid hyperparameters fail before any worker starts."""
-    if config.schedule.aux_weight == 0 and config.model.aux_head:
-        config = replace(config, model=replace(config.model, aux_head=False))
-    with torch.device("meta"):
-        config.model.build()
-    return config
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:

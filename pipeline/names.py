@@ -22,9 +22,11 @@ TRIAL_ID_TAG = "trial_id"
 SWEEP_TAG = "sweep"  # a trial's sweep name
 TRIAL_VALUES_TAG = "trial_values"  # JSON of the values the search gave the trial
 STOPPED_EARLY_TAG = "stopped_early"
+CONFIG_KEY_TAG = "config_key"  # TrainConfig.config_key(): runs with equal keys are repeats (differ only in seed)
 PARETO_OPTIMAL_TAG = "pareto_optimal"
 PARETO_RANK_TAG = "pareto_rank"
 PARETO_AXES_TAG = "pareto_axes"
+PARETO_PROBABILITY_TAG = "pareto_probability"  # share of bootstrap resamples with the run's configuration on the front
 
 # ------------------------------------------------------------------------------------------------- MLflow metrics
 MIOU = "mIoU"  # the final single-scale val mIoU (%), what searches and reports rank on by default
@@ -46,3 +48,4 @@ CHECKPOINT_WEIGHTS = "model.pt"  # the model's state_dict, in checkpoints and as
 WEIGHTS_ARTIFACT_DIR = "weights"
 PREDICTIONS_ARTIFACT_DIR = "predictions"
 PER_CLASS_FILE = "per_class_iou.csv"
+# the per-image TP/FP/FN counts of the final evaluation: nrd.evidence.IMAGE_COUNTS_FILE ("image_counts.npz")

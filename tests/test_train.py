@@ -5,8 +5,10 @@ TorchTrainer.fit() ~20 s here); only the tests that start workers are ``slow``."
 
 from __future__ import annotations
 
+import io
 import json
 import re
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,11 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from nrd import ModelConfig, create_model  # noqa: E402
 from nrd.data import ShardDataset, create_dataset, prepare_shards  # noqa: E402
 from nrd.data.transforms import ValTransform, ValTransformConfig  # noqa: E402
+from nrd.evidence import IMAGE_COUNTS_FILE, read_image_counts  # noqa: E402
 from nrd.metrics import SegmentationMetrics  # noqa: E402
 from pipeline.commands.cli import main  # noqa: E402
+from pipeline.config import TrainConfig  # noqa: E402
+from pipeline.names import CONFIG_KEY_TAG  # noqa: E402
 from pipeline.training.loop import learning_rate  # noqa: E402
 from pipeline.training.sessions import prepare_network  # noqa: E402
 
@@ -76,13 +81,29 @@ def independent_val_metrics(shards: Path, model: torch.nn.Module, num_classes: i
     return metrics.compute()
 
 
+@pytest.fixture(scope="module")
+def two_worker_run(request, shards, tmp_path_factory) -> dict:
+    """One 2-worker training run (with the final ms+flip evaluation) on the session's local Ray, tracked in SQLite,
+    and what it printed. Started only by the tests that use it; shared by the record and the predict checks, which
+    are about the same run."""
+    request.getfixturevalue("local_ray")  # only now: deselected tests start no Ray
+    tmp_path = tmp_path_factory.mktemp("two_workers")
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(printed), redirect_stderr(printed):
+        patch.chdir(tmp_path)  # MLflow's artifact folder goes to the working directory
+        args = train_args(shards, tmp_path, "--workers", "2", "--cpus-per-worker", "0.5", "--name", "two")
+        code = main([*args, "--eval-msflip"])
+    assert code == 0, printed.getvalue()[-3000:]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = json.loads((tmp_path / "results" / "two" / "mlflow_run.json").read_text())["run_id"]
+    return {"root": tmp_path, "uri": uri, "run_id": run_id, "printed": printed.getvalue()}
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_two_workers_train_and_leave_a_complete_mlflow_record(local_ray, shards, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert main(train_args(shards, tmp_path, "--workers", "2", "--cpus-per-worker", "0.5", "--name", "two")) == 0
-    output = capsys.readouterr()
-    progress = re.findall(r"iter (\d+)/60  loss (\S+)  lr (\S+)  (\S+) img/s  ETA (\d+)s", output.out + output.err)
+@pytest.mark.timeout(600)  # with the fixture's training run
+def test_two_workers_train_and_leave_a_complete_mlflow_record(two_worker_run, shards):
+    tmp_path = two_worker_run["root"]
+    progress = re.findall(r"iter (\d+)/60  loss (\S+)  lr (\S+)  (\S+) img/s  ETA (\d+)s", two_worker_run["printed"])
     assert sorted({int(match[0]) for match in progress}) == list(range(10, 61, 10))  # Ray may echo a line twice
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("test-train")
@@ -110,7 +131,9 @@ def test_two_workers_train_and_leave_a_complete_mlflow_record(local_ray, shards,
     # evaluation of the logged weights in this process reproduces
     assert run.data.metrics["val_images"] == VAL_IMAGES
     weights = client.download_artifacts(run_id, "weights/model.pt", str(tmp_path / "download"))
-    model = ModelConfig.from_dict(yaml.safe_load((tmp_path / "results" / "two" / "config.yaml").read_text())["model"])
+    resolved = yaml.safe_load((tmp_path / "results" / "two" / "config.yaml").read_text())
+    train_config = TrainConfig.from_dict(resolved)
+    model = ModelConfig.from_dict(resolved["model"])
     network = model.build()
     network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     expected = independent_val_metrics(shards, network, 4)
@@ -118,7 +141,15 @@ def test_two_workers_train_and_leave_a_complete_mlflow_record(local_ray, shards,
     assert run.data.metrics["aAcc"] == pytest.approx(expected["aAcc"], abs=1e-3)
 
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"config.yaml", "per_class_iou.csv", "predictions", "weights"} <= artifacts
+    assert {"config.yaml", "per_class_iou.csv", "predictions", "weights", IMAGE_COUNTS_FILE} <= artifacts
+    # The per-image evidence of the last evaluation: every val image once, from both workers, summing to the
+    # logged metrics exactly; and the configuration key its repeats would share
+    evidence = read_image_counts(client.download_artifacts(run_id, IMAGE_COUNTS_FILE, str(tmp_path / "download")))
+    assert sorted(evidence.image_ids) == sorted(row["id"] for row in ShardDataset(shards, "val", decode=False))
+    assert evidence.class_names == tuple(json.loads((shards / "manifest.json").read_text())["class_names"])
+    assert float(evidence.scores()["mIoU"]) == pytest.approx(run.data.metrics["mIoU"], abs=1e-9)
+    assert float(evidence.scores()["aAcc"]) == pytest.approx(run.data.metrics["aAcc"], abs=1e-9)
+    assert run.data.tags[CONFIG_KEY_TAG] == train_config.config_key()
     rows = (Path(client.download_artifacts(run_id, "per_class_iou.csv", str(tmp_path / "download")))).read_text()
     assert len(rows.strip().splitlines()) == 1 + 4  # header + one row per class
     pictures = client.list_artifacts(run_id, "predictions")
@@ -132,6 +163,84 @@ def test_two_workers_train_and_leave_a_complete_mlflow_record(local_ray, shards,
     assert state["iteration"] == 60 and {"model", "optimizer", "rng"} <= set(state)
     assert all("momentum_buffer" in entry for entry in state["optimizer"]["state"].values())
     assert state["optimizer"]["state"] and {"torch", "python", "numpy"} <= set(state["rng"])
+
+
+def evaluate_json(pred: Path, labels: Path, capsys) -> dict:
+    """`nrd-bench evaluate --json` of predicted label PNGs against the val labels (4 classes, 255 ignored)."""
+    capsys.readouterr()
+    args = ["evaluate", "--pred", str(pred), "--label", str(labels), "--num-classes", "4", "--ignore-index", "255"]
+    assert main([*args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_predictions_reproduce_the_metrics_training_logged(two_worker_run, shards, tmp_path, capsys):
+    """`nrd-bench predict` on the val images, by run id (weights and config from MLflow) and by the last checkpoint's
+    weights, then `nrd-bench evaluate` on its label PNGs: the same pixels as training's evaluation (split over two
+    workers), so the same counts and exactly the same mIoU; and --mode msflip against training's final ms+flip
+    evaluation (only the thread count differs: Ray's workers run torch on 1 thread)."""
+    from mlflow import MlflowClient
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    ids = []
+    for row in ShardDataset(shards, "val", decode=False):  # the val files exactly as prepared
+        suffix = ".png" if row["image"][:4] == b"\x89PNG" else ".jpg"
+        (images / f"{row['id']}{suffix}").write_bytes(row["image"])
+        (labels / f"{row['id']}.png").write_bytes(row["label"])
+        ids.append(row["id"])
+    assert len(ids) == VAL_IMAGES
+    run_id, uri = two_worker_run["run_id"], two_worker_run["uri"]
+    logged = MlflowClient(uri).get_run(run_id).data.metrics
+    by_run = ["predict", "--run-id", run_id, "--tracking-uri", uri, "--input", str(images)]
+    assert main([*by_run, "--out", str(tmp_path / "by_run")]) == 0
+    checkpoints = sorted((two_worker_run["root"] / "results" / "two").glob("checkpoint_*/model.pt"))
+    by_weights = ["predict", "--weights", str(checkpoints[-1]), "--input", str(images)]
+    assert main([*by_weights, "--out", str(tmp_path / "by_weights")]) == 0
+    assert capsys.readouterr().out.count("palette:  dataset manifest") == 2
+    for name in ids:
+        predicted = tmp_path / "by_run" / "labels" / f"{name}.png"
+        assert (tmp_path / "by_weights" / "labels" / f"{name}.png").read_bytes() == predicted.read_bytes()
+        with Image.open(predicted) as label, Image.open(labels / f"{name}.png") as truth:
+            assert label.size == truth.size  # the image's own size, as training evaluates
+    result = evaluate_json(tmp_path / "by_run" / "labels", labels, capsys)
+    assert result["num_images"] == VAL_IMAGES == logged["val_images"]
+    assert 0 < logged["mIoU"] < 100
+    assert result["mIoU"] == logged["mIoU"]  # the same pixels predicted, the same counts: exactly equal
+    assert result["aAcc"] == logged["aAcc"] and result["mBIoU"] == logged["mBIoU"]
+    assert result["trimap_mIoU"]["4"] == logged["trimap_mIoU_4px"]
+
+    assert main([*by_run, "--mode", "msflip", "--out", str(tmp_path / "msflip")]) == 0
+    msflip = evaluate_json(tmp_path / "msflip" / "labels", labels, capsys)
+    assert msflip["mIoU"] == pytest.approx(logged["mIoU_msflip"], abs=1e-3)
+    assert msflip["aAcc"] == pytest.approx(logged["aAcc_msflip"], abs=1e-3)
+
+
+@pytest.mark.parametrize("uri", [False, True], ids=["folder", "file URI"])
+def test_val_shards_give_every_row_once_across_workers_in_manifest_order(shards, uri):
+    """What each worker evaluates: the rows ``index % world == rank`` of the val split in manifest order (the
+    first ``val_limit`` only), decoded as training decodes them; read from a folder or through a URI."""
+    from pipeline.config import DataSettings
+    from pipeline.training.ingest import ValShards, decode_val
+
+    directory = shards.as_uri() if uri else str(shards)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    source = list(ShardDataset(shards, "val", decode=False))
+    for limit in (None, 4):
+        val = ValShards(TrainConfig(data=DataSettings(dataset_dir=directory, val_limit=limit)), manifest)
+        expected = source[:limit] if limit else source
+        assert [row["id"] for row in val.rows()] == [row["id"] for row in expected]
+        for world in (1, 2, 3):
+            parts = [list(val.batches(rank, world, torch.device("cpu"))) for rank in range(world)]
+            assert sum(len(part) for part in parts) == len(expected)
+            for rank, part in enumerate(parts):
+                for batch, row in zip(part, expected[rank::world], strict=True):
+                    reference = decode_val({key: [row[key]] for key in ("id", "image", "label")})
+                    assert batch.pop("id") == row["id"] and batch.keys() == reference.keys()
+                    for key, value in reference.items():
+                        assert torch.equal(batch[key], torch.from_numpy(value)), (key, row["id"])
 
 
 def test_prepare_network_converts_for_gpu_only():
@@ -240,3 +349,18 @@ def test_loss_reduction_and_default_warmup_follow_the_official_recipe(tmp_path, 
     assert json.loads(capsys.readouterr().out)["schedule"]["warmup_iterations"] == 100
     assert main(["train", "--config", str(config), "--dry-run", "--warmup-iterations", "7"]) == 0
     assert json.loads(capsys.readouterr().out)["schedule"]["warmup_iterations"] == 7
+
+
+def test_config_key_groups_runs_that_differ_only_in_seed(shards):
+    """Repeats share a key (seed, log/checkpoint intervals and where results go do not count); any setting that can
+    change the result, a decoder hyperparameter included, gives another key."""
+    base = TrainConfig().updated({"data.dataset_dir": str(shards), "model.decoder": "nrd"})
+    same = {"schedule.seed": 7, "schedule.log_interval": 3, "schedule.checkpoint_interval": 9, "run.name": "b"}
+    assert base.updated(same).config_key() == base.config_key()
+    for values in (
+        {"schedule.lr": 0.02},
+        {"nrd.dyn_channels": 8},
+        {"model.encoder": "resnet34"},
+        {"data.val_limit": 3},
+    ):
+        assert base.updated(values).config_key() != base.config_key(), values

@@ -100,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import resolve
+    from pipeline.resolve import resolve
     from pipeline.training.run import train
 
     config, manifest = resolve(config_from_args(args))

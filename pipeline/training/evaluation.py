@@ -10,11 +10,13 @@ import io
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from nrd.cost import count_macs, count_params, measure_latency
+from nrd.evidence import IMAGE_COUNTS_FILE, ImageCounts, write_image_counts
 from nrd.inference import predict_to_label
-from nrd.metrics import SegmentationMetrics
+from nrd.metrics import COUNT_FIELDS, SegmentationMetrics, per_image_counts
 from pipeline.config import TrainConfig
 from pipeline.names import (
     CHECKPOINT_WEIGHTS,
@@ -40,14 +42,16 @@ def evaluate(
     rank: int = 0,
     world: int = 1,
 ):
-    """Dataset-level metrics over the val split, summed across workers: each worker reads all of ``val_data`` and
-    evaluates the rows ``index % world == rank``. Also the number of images evaluated (summed) and this worker's
-    first ``keep`` (image, label, prediction) triples for pictures. ``mode``: an ``nrd.inference`` mode."""
+    """Dataset-level metrics over the val split, summed across workers: each worker evaluates the rows
+    ``index % world == rank`` of ``val_data`` (a ``ValShards``). Also the number of images evaluated (summed) and
+    this worker's first ``keep`` (image, label, prediction) triples for pictures, and the per-image evidence of all
+    workers: (image ids, (images, classes, 3) int64 TP/FP/FN counts, ``nrd.metrics.per_image_counts``).
+    ``mode``: an ``nrd.inference`` mode."""
     import torch.distributed as dist
 
     metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index, device=device)
     images = torch.zeros((), dtype=torch.int64, device=device)
-    examples = []
+    examples, image_ids, counts = [], [], []
     network = unwrap(model)
     distributed = world > 1 and dist.is_available() and dist.is_initialized()
     if distributed:  # each worker's last forward updated its own BatchNorm statistics: evaluate rank 0's model
@@ -56,23 +60,28 @@ def evaluate(
     was_training = network.training
     network.eval()
     with torch.inference_mode():
-        for index, batch in enumerate(val_data.iter_torch_batches(batch_size=1, device=device)):
-            if index % world != rank:
-                continue
+        for batch in val_data.batches(rank, world, device):
             height, width = batch["valid_size"][0].tolist()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 scores = predict_to_label(network, batch["image"], (height, width), batch["label"].shape[-2:], mode)
             prediction = scores.argmax(1)
             metrics.update(prediction, batch["label"])
+            image_ids.append(batch["id"])
+            counts.append(per_image_counts(prediction, batch["label"], num_classes, ignore_index)[0].cpu().numpy())
             images += 1
             if len(examples) < keep:  # the image without its padding
                 image = batch["image"][0, :, :height, :width]
                 examples.append((image.cpu(), batch["label"][0].cpu(), prediction[0].cpu()))
     network.train(was_training)
+    part = (image_ids, np.stack(counts) if counts else np.zeros((0, num_classes, len(COUNT_FIELDS)), dtype=np.int64))
+    parts = [part]
     if distributed:
         for tensor in (*metrics.state().values(), images):
             dist.all_reduce(tensor)
-    return metrics, int(images), examples
+        parts = [None] * world
+        dist.all_gather_object(parts, part)  # every worker's images: rank 0 logs them as the run's evidence
+    image_ids = tuple(name for ids, _ in parts for name in ids)
+    return metrics, int(images), examples, (image_ids, np.concatenate([counts for _, counts in parts]))
 
 
 def eval_shape(examples: list, config: TrainConfig) -> tuple[int, int, int, int]:
@@ -93,9 +102,12 @@ def static_cost(network: torch.nn.Module, shape: tuple[int, int, int, int]) -> d
     return dict(_static_cost(network, shape))
 
 
-def finish(logger, model, values: dict, examples: list, manifest: dict, config: TrainConfig, device) -> dict:
-    """Rank 0 after the last iteration: cost at the evaluation size, latency, per-class IoU, pictures, weights.
-    Returns the cost metrics, which also go into the final report (multi-objective searches need them)."""
+def finish(
+    logger, model, values: dict, examples: list, evidence: tuple, manifest: dict, config: TrainConfig, device
+) -> dict:
+    """Rank 0 after the last iteration: cost at the evaluation size, latency, per-class IoU, the per-image evidence
+    of the last evaluation (``image_counts.npz``, ``nrd.evidence``: what intervals are resampled from), pictures,
+    weights. Returns the cost metrics, which also go into the final report (multi-objective searches need them)."""
     network = unwrap(model)
     shape = eval_shape(examples, config)
     latency = measure_latency(network, shape, levels=("model",), device=device, warmup=1, repeats=5)
@@ -110,6 +122,10 @@ def finish(logger, model, values: dict, examples: list, manifest: dict, config: 
         writer.writerow([index, name, values["per_class_iou"][index], values["per_class_acc"][index]])
     logger.log_text(rows.getvalue(), PER_CLASS_FILE)
     with tempfile.TemporaryDirectory() as directory:
+        image_ids, counts = evidence
+        image_counts = ImageCounts(image_ids, tuple(manifest["class_names"]), counts, manifest["ignore_index"])
+        write_image_counts(Path(directory) / IMAGE_COUNTS_FILE, image_counts)
+        logger.log_artifact(str(Path(directory) / IMAGE_COUNTS_FILE))
         for index, (image, label, prediction) in enumerate(examples):
             path = Path(directory) / f"val_{index}.png"
             path.write_bytes(prediction_figure(image, label, prediction, manifest))

@@ -22,6 +22,7 @@ from pipeline.config import ConfigError, ScheduleSettings, TrainConfig
 from pipeline.names import ITERATION, MIOU, MIOU_MSFLIP
 from pipeline.training.checkpoints import load_checkpoint_state, report_checkpoint, restore_rng_state
 from pipeline.training.evaluation import eval_shape, evaluate, finish, static_cost
+from pipeline.training.ingest import ValShards
 from pipeline.training.sessions import (
     TrialSession,
     WorkerSession,
@@ -44,7 +45,7 @@ def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSessio
     schedule = config.schedule
     model, optimizer, iteration = start_or_resume(config, session)
     logger = open_logger(loop_config, session)
-    train_data, val_data = session.dataset("train"), session.dataset("val")
+    train_data, val_data = session.dataset("train"), ValShards(config, manifest)
     criterion = functools.partial(
         segmentation_loss, ignore_index=manifest["ignore_index"], reduction=config.schedule.loss_reduction
     )
@@ -60,14 +61,14 @@ def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSessio
             iteration += 1
             final = iteration == schedule.iterations
             metrics = window.add(loss, batch["image"].shape[0] * session.world, iteration, lr, session.rank)
-            values, examples = {}, []
+            values, examples, evidence = {}, [], ((), None)
             if iteration % schedule.eval_interval == 0 or final:
-                values, examples, evaluated = validate(model, val_data, config, manifest, session, iteration)
+                values, examples, evidence, evaluated = validate(model, val_data, config, manifest, session, iteration)
                 metrics |= evaluated
             if logger and metrics:
                 logger.log_metrics({k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}, iteration)
             if final and session.rank == 0:
-                metrics |= finish(logger, model, values, examples, manifest, config, session.device)
+                metrics |= finish(logger, model, values, examples, evidence, manifest, config, session.device)
             if iteration % schedule.checkpoint_interval == 0 or final:
                 report_checkpoint(session, model, optimizer, iteration, metrics)
             elif iteration % schedule.eval_interval == 0:  # evaluations reach Tune's schedulers too
@@ -202,13 +203,14 @@ class LossWindow:
 
 def validate(model, val_data, config: TrainConfig, manifest: dict, session, iteration: int):
     """Evaluate on the whole val split (ms+flip too after the last iteration when ``data.eval_msflip``); returns
-    the computed values, rank 0's examples for pictures, and the metrics to log (rank 0 adds the cost)."""
+    the computed values, rank 0's examples for pictures, the per-image evidence (single-scale) and the metrics to
+    log (rank 0 adds the cost)."""
     rank, world, device = session.rank, session.world, session.device
     use_amp = device.type == "cuda"
     num_classes, ignore_index = manifest["num_classes"], manifest["ignore_index"]
     final = iteration == config.schedule.iterations
     keep = (PREDICTION_SAMPLES if final else 1) if rank == 0 else 0
-    results, evaluated, examples = evaluate(
+    results, evaluated, examples, evidence = evaluate(
         model, val_data, num_classes, ignore_index, device, use_amp, keep, rank=rank, world=world
     )
     values = results.compute()
@@ -219,12 +221,12 @@ def validate(model, val_data, config: TrainConfig, manifest: dict, session, iter
         metrics |= static_cost(unwrap(model), eval_shape(examples, config))  # searches may optimise it
         print(f"iter {iteration}: val mIoU {values['mIoU']:.2f}  aAcc {values['aAcc']:.2f}", flush=True)
     if final and config.data.eval_msflip:
-        msflip, _, _ = evaluate(model, val_data, num_classes, ignore_index, device, use_amp, 0, "msflip", rank, world)
+        msflip, *_ = evaluate(model, val_data, num_classes, ignore_index, device, use_amp, 0, "msflip", rank, world)
         msflip_values = msflip.compute()
         metrics |= {MIOU_MSFLIP: msflip_values["mIoU"], "aAcc_msflip": msflip_values["aAcc"]}
         if rank == 0:
             print(f"iter {iteration}: val mIoU ms+flip {msflip_values['mIoU']:.2f}", flush=True)
-    return values, examples, metrics
+    return values, examples, evidence, metrics
 
 
 def require_progress(iteration: int, epoch_start: int, rank: int, config: TrainConfig) -> None:

@@ -1,6 +1,6 @@
 """``nrd-bench train``'s driver: Ray Train (DDP over gloo on CPU, NCCL on GPU) fed by Ray Data, tracked in MLflow.
 
-The driver takes a resolved ``TrainConfig`` (``pipeline.config.resolve``), starts or connects to Ray, creates (or
+The driver takes a resolved ``TrainConfig`` (``pipeline.resolve.resolve``), starts or connects to Ray, creates (or
 finds again) the MLflow run, builds the Ray Data pipelines (``ingest``) and runs a ``TorchTrainer`` whose workers run
 ``loop.train_loop`` with that same config object. A restarted attempt (worker or node failure, or the same command
 run again) resumes from the last checkpoint and logs into the same MLflow run without repeating a metric step.
@@ -36,7 +36,7 @@ def train(
     in_tune_trial: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) the training run described by ``config``, resolved against the data set's ``manifest``
-    (``pipeline.config.resolve``); returns the final metrics and run ids. ``parent_run_id`` nests the MLflow run
+    (``pipeline.resolve.resolve``); returns the final metrics and run ids. ``parent_run_id`` nests the MLflow run
     (sweeps). ``in_tune_trial``: called from a Ray Tune trial, whose reports and checkpoints then go to Tune; a
     single-worker run trains in the trial's own process (``TrialSession``), a multi-worker one through its own
     ``TorchTrainer``."""
@@ -104,7 +104,7 @@ def fit_trainer(config: TrainConfig, manifest: dict, loop_config: dict[str, Any]
             callbacks=callbacks,
         ),
         datasets=build_datasets(config, manifest),
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),  # val: see build_datasets
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     return dict(trainer.fit().metrics or {})
 

@@ -26,6 +26,7 @@ from pipeline.config import TrainConfig
 from pipeline.files import write_atomic
 from pipeline.names import (
     COMMIT_TAG,
+    CONFIG_KEY_TAG,
     DATASET_DIR_TAG,
     DATASET_TAG,
     DECODER_TAG,
@@ -167,6 +168,7 @@ def start_tracking(
         DECODER_TAG: config.model.decoder,
         ENCODER_TAG: config.model.encoder,
         COMMIT_TAG: git_commit(),
+        CONFIG_KEY_TAG: config.config_key(),
         "ray_version": _version("ray"),
         "torch_version": torch.__version__,
         DEVICE_TAG: "cuda" if config.scaling.use_gpu else "cpu",
