@@ -294,13 +294,9 @@ def test_parent_run_on_sqlite(sqlite_store, tmp_path, capsys):
     client = MlflowClient(uri)
     check_tags(client, store)
     logged = sorted(artifact.path for artifact in client.list_artifacts(store["parent"], "pareto"))
-    files = [
-        "camvid_mIoU_vs_gmacs_model.csv",
-        "camvid_mIoU_vs_gmacs_model.png",
-        "cityscapes_mIoU_vs_gmacs_model.csv",
-        "cityscapes_mIoU_vs_gmacs_model.png",
-        "pareto_mIoU_vs_gmacs_model.json",
-    ]
+    kinds = (".csv", ".png", "_intervals.csv", "_intervals.json", "_intervals.png")
+    files = sorted(f"{dataset}_mIoU_vs_gmacs_model{kind}" for dataset in ("camvid", "cityscapes") for kind in kinds)
+    files.append("pareto_mIoU_vs_gmacs_model.json")
     assert logged == [f"pareto/{name}" for name in files]
     assert sorted(path.name for path in out.iterdir()) == files  # no temporary files left
     with Image.open(out / "cityscapes_mIoU_vs_gmacs_model.png") as image:
@@ -323,7 +319,7 @@ def test_experiment_table_on_sqlite_reuses_the_pareto_run(sqlite_store, tmp_path
         pareto_runs = client.search_runs([store["experiment_id"]], f"tags.`{KIND_TAG}` = '{KIND_PARETO}'")
         assert len(pareto_runs) == 1 and pareto_runs[0].info.run_name == "pareto"
         assert pareto_runs[0].info.status == "FINISHED"
-    assert len(client.list_artifacts(pareto_runs[0].info.run_id, "pareto")) == 5
+    assert len(client.list_artifacts(pareto_runs[0].info.run_id, "pareto")) == 11  # 5 per data set, 1 JSON
     check_tags(client, store)  # the pareto run itself is not a point: the ranks are the same
 
     ranks = expected_ranks(store["runs"])
@@ -412,3 +408,76 @@ def test_against_an_mlflow_server(mlflow_server, tmp_path, capsys):
 
     assert main(["pareto", "--parent-run", store["runs"]["v-nrd-r18"][::-1], "--tracking-uri", mlflow_server.uri]) == 2
     assert f"unknown parent run at {mlflow_server.uri}" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- intervals and repeats
+def test_intervals_group_repeats_and_front_probability_is_certain_where_dominance_is(tmp_path, capsys):
+    """Three configurations of one sweep on SQLite: ``best`` (two repeats sharing a config_key, the cheapest, a
+    perfect prediction on every image), ``worse`` (costlier, IoU 1/3 on every image: dominated in every resample)
+    and ``old`` (no per-image counts, as runs logged before them). ``best`` is on the front in every resample
+    (probability 1), ``worse`` in none (0); ``old`` gets its logged value, no interval and no probability, said so."""
+    from nrd.evidence import IMAGE_COUNTS_FILE, ImageCounts, write_image_counts
+    from pipeline.names import CONFIG_KEY_TAG, PARETO_PROBABILITY_TAG
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("intervals", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment_id, tags={KIND_TAG: KIND_SWEEP}, run_name="sweep").info.run_id
+    client.set_terminated(parent, "FINISHED")
+    images = [f"frame{i}" for i in range(6)]
+    perfect = [[10, 0, 0], [10, 0, 0]]  # (TP, FP, FN) of both classes: IoU 100
+    third = [[5, 5, 5], [5, 5, 5]]  # IoU 5 / 15
+    runs = [  # name, config key, GMACs, logged mIoU, per-image counts (None: kept none)
+        ("best-s0", "key-best", 1.0, 100.0, perfect),
+        ("best-s1", "key-best", 1.0, 100.0, perfect),
+        ("worse", "key-worse", 2.0, 100 / 3, third),
+        ("old", "key-old", 0.5, 10.0, None),
+    ]
+    ids = {}
+    for name, key, gmacs, miou, counts in runs:
+        tags = {"dataset": "camvid", "decoder": "nrd", "encoder": "resnet18", CONFIG_KEY_TAG: key}
+        run_id = client.create_run(experiment_id, tags=tags | {"mlflow.parentRunId": parent}, run_name=name).info
+        run_id = run_id.run_id
+        client.log_batch(run_id, metrics=[Metric("gmacs_model", gmacs, 0, 0), Metric("mIoU", miou, 0, 0)])
+        if counts is not None:
+            path = tmp_path / name / IMAGE_COUNTS_FILE
+            write_image_counts(path, ImageCounts(images, ("road", "sky"), [counts] * len(images), 255))
+            client.log_artifact(run_id, str(path))
+        client.set_terminated(run_id, "FINISHED")
+        ids[name] = run_id
+    out = tmp_path / "out"
+    command = ["pareto", "--parent-run", parent, "--tracking-uri", uri, "--out", str(out), "--resamples", "200"]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert "percentile bootstrap, 200 resamples over validation images and seeds" in printed
+    (table,) = out.glob("camvid_*_intervals.csv")
+    with open(table, newline="") as file:
+        rows = {row["config_key"]: row for row in csv.DictReader(file)}
+    assert rows.keys() == {"key-best", "key-worse", "key-old"}
+    assert rows["key-best"]["seeds"] == "2" and set(rows["key-best"]["run_ids"].split()) == {
+        ids["best-s0"],
+        ids["best-s1"],
+    }
+    assert float(rows["key-best"]["front_probability"]) == 1.0
+    assert float(rows["key-worse"]["front_probability"]) == 0.0
+    assert float(rows["key-worse"]["low"]) == float(rows["key-worse"]["high"]) == pytest.approx(100 / 3)
+    assert rows["key-old"]["front_probability"] == "" and rows["key-old"]["low"] == ""
+    assert float(rows["key-old"]["mIoU"]) == 10.0 and rows["key-old"]["scheme"] == "none"
+    assert "10.00 (no interval: no per-image counts)" in printed
+    tags = {name: client.get_run(run_id).data.tags[PARETO_PROBABILITY_TAG] for name, run_id in ids.items()}
+    assert tags == {"best-s0": "1.000", "best-s1": "1.000", "worse": "0.000", "old": "none"}
+    assert main([*command, "--resamples", "0"]) == 2
+    assert "--resamples=0 is invalid" in capsys.readouterr().err
+
+    # nrd-bench compare: A - B with its paired interval (the same on every image here) and the cost ratio
+    pair = ["compare", "--parent-run", parent, "--tracking-uri", uri, "--cost", "gmacs_model", "--resamples", "200"]
+    assert main([*pair, "key-best", "key-worse", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["difference"]["value"] == pytest.approx(200 / 3)
+    assert result["difference"]["low"] == pytest.approx(200 / 3) == result["difference"]["high"]
+    assert result["cost_ratio"] == 0.5 and result["a"]["seeds"] == 2
+    assert main([*pair, "key-best", "key-old"]) == 0
+    assert "(no interval: no per-image counts for" in capsys.readouterr().out
+    assert main([*pair, "key-best", "nrd/resnet18"]) == 2  # every configuration here is nrd/resnet18
+    error = capsys.readouterr().err
+    assert "'nrd/resnet18' matches several configurations" in error and "key-worse" in error

@@ -24,7 +24,7 @@ from conftest import processes_using  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipeline.commands.cli import main  # noqa: E402
-from pipeline.names import KIND_SWEEP, KIND_TAG  # noqa: E402
+from pipeline.names import CONFIG_KEY_TAG, KIND_SWEEP, KIND_TAG  # noqa: E402
 from pipeline.search.spaces import load_space  # noqa: E402
 from pipeline.search.tune import ASHA, tune_config  # noqa: E402
 
@@ -90,7 +90,7 @@ def check_sweep(tracking_uri, parent_id, tmp_path, capsys, decoders: list[str], 
     assert "synthetic" in printed and ".png" in printed
     assert f"cost counted at input {EVAL_INPUT}" in printed, printed  # the tag training wrote, read by pareto
     assert list(out.glob("*.png"))
-    (table,) = out.glob("*.csv")
+    (table,) = out.glob("*_vs_gmacs_model.csv")  # beside it: the _intervals.csv
     with open(table, newline="") as file:
         assert {row["eval_input"] for row in csv.DictReader(file)} == {EVAL_INPUT}
     tagged = {run.info.run_id: run.data.tags for run in children(client, parent)}
@@ -154,6 +154,32 @@ def test_tune_config_picks_optuna_for_several_objectives_asha_or_fifo_for_one(tm
 
     fifo = tune_config(load_space(write_space(tmp_path, "nrd, bilinear")))
     assert fifo.scheduler is None and fifo.search_alg is None and (fifo.metric, fifo.mode) == ("mIoU", "max")
+
+
+def test_seeds_repeat_each_draw_with_the_same_values(tmp_path):
+    """``search.seeds: 3`` with random distributions: the values are drawn here (the same on every call, so a
+    resumed sweep gets the same ones), num_samples draws, each a grid point repeated with seeds 0, 1, 2; Tune itself
+    samples nothing more. With several objectives, or a seed set by hand as well, the space is refused by name."""
+    from pipeline.config import ConfigError
+    from pipeline.search.tune import SAMPLED, SEED_KEY, param_space
+
+    path = write_space(tmp_path, "bilinear, nrd", FIFO + "\n  seeds: 3\n  num_samples: 4", "choice")
+    with open(path, "a") as file:
+        file.write("  lr: {loguniform: [0.001, 0.1]}\n")
+    space = load_space(path)
+    params = param_space(space)
+    assert params == param_space(load_space(path))  # reproducible draws
+    assert params[SEED_KEY] == {"grid_search": [0, 1, 2]} and set(params) == {SAMPLED, SEED_KEY, "model.encoder"}
+    draws = params[SAMPLED]["grid_search"]
+    assert len(draws) == 4 and all(set(d) == {"model.decoder", "schedule.lr"} for d in draws)
+    assert all(d["model.decoder"] in ("bilinear", "nrd") and 0.001 <= d["schedule.lr"] <= 0.1 for d in draws)
+    assert tune_config(space).num_samples == 1
+    with pytest.raises(ConfigError, match=r"search\.seeds"):
+        load_space(write_space(tmp_path, "bilinear", OPTUNA + "\n  seeds: 2", "choice"))
+    twice = write_space(tmp_path, "bilinear", FIFO + "\n  seeds: 2", "choice")
+    twice.write_text(twice.read_text().replace("fixed:\n", "fixed:\n  schedule.seed: 1\n"))
+    with pytest.raises(ConfigError, match=r"schedule\.seed: set by search\.seeds"):
+        load_space(twice)
 
 
 ASHA_SPACE = """
@@ -245,10 +271,12 @@ def test_multi_objective_sweep_and_pareto_on_an_mlflow_server(local_ray, shards,
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_killed_sweep_resumes_without_rerunning_or_duplicating(shards, tmp_path, ray_env, capsys):
-    """A FIFO grid sweep (nrd, bilinear) on SQLite whose driver (with its own local Ray, in a private RAY_TMPDIR)
-    is SIGKILLed once a trial has finished; run again with --resume it completes, and the whole sweep is then
-    checked as any other (parent, trials, pareto, report)."""
-    space = write_space(tmp_path, "bilinear, nrd")
+    """A FIFO sweep on SQLite of one random draw (decoder: choice of bilinear, nrd) repeated with two seeds
+    (``search.seeds: 2``), whose driver (with its own local Ray, in a private RAY_TMPDIR) is SIGKILLed once a trial
+    has finished; run again with --resume it completes without rerunning or duplicating a repeat. The two trials
+    are repeats: the same drawn values and config_key, seeds 0 and 1. The whole sweep is then checked as any other
+    (parent, trials, pareto, report), and the front groups the repeats into one configuration with an interval."""
+    space = write_space(tmp_path, "bilinear, nrd", FIFO + "\n  seeds: 2", "choice")
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = [
         sys.executable,
@@ -300,4 +328,13 @@ def test_killed_sweep_resumes_without_rerunning_or_duplicating(shards, tmp_path,
     assert all(r.info.status == "FINISHED" for r in trials)
     assert len([r for r in runs if r.data.tags.get(KIND_TAG) == KIND_SWEEP]) == 1
     parent_id = json.loads(resumed.stdout.strip().splitlines()[-1])["parent_run_id"]
-    check_sweep(tracking_uri, parent_id, tmp_path, capsys, ["bilinear", "nrd"], {"mIoU": "max"})
+    assert sorted(int(r.data.params["schedule.seed"]) for r in trials) == [0, 1]
+    assert len({r.data.tags[CONFIG_KEY_TAG] for r in trials}) == 1  # repeats of one configuration
+    assert len({r.data.params["model.decoder"] for r in trials}) == 1  # the same draw for both seeds
+    decoder = trials[0].data.params["model.decoder"]
+    check_sweep(tracking_uri, parent_id, tmp_path, capsys, [decoder, decoder], {"mIoU": "max"})
+    (intervals,) = (tmp_path / "pareto").glob("*_intervals.csv")
+    with open(intervals, newline="") as file:
+        (row,) = csv.DictReader(file)  # one configuration, both repeats in it
+    assert row["seeds"] == "2" and set(row["run_ids"].split()) == {r.info.run_id for r in trials}
+    assert row["scheme"] == "seeds and images" and float(row["low"]) <= float(row["mIoU"]) <= float(row["high"])

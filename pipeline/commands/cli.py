@@ -10,9 +10,23 @@ import os
 import sys
 
 from nrd.errors import NRDBenchError
-from pipeline.commands import cost, demo, evaluate, jobs, pareto, predict, prepare, replay, report, submit, train, tune
+from pipeline.commands import (
+    compare,
+    cost,
+    demo,
+    evaluate,
+    jobs,
+    pareto,
+    predict,
+    prepare,
+    replay,
+    report,
+    submit,
+    train,
+    tune,
+)
 
-COMMANDS = (demo, cost, evaluate, jobs, pareto, predict, prepare, replay, report, submit, train, tune)
+COMMANDS = (demo, compare, cost, evaluate, jobs, pareto, predict, prepare, replay, report, submit, train, tune)
 
 
 def build_parser() -> argparse.ArgumentParser:

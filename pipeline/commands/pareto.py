@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from nrd.errors import InvalidHyperparameterError
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -16,7 +18,12 @@ def register(subparsers) -> None:
             "rank them by non-dominated sorting on a cost metric (--x, minimised) and an accuracy metric (--y, "
             "maximised). Prints a table per data set, writes a plot and a CSV per data set and a JSON for all, tags "
             "every run pareto_optimal, pareto_rank and pareto_axes, and logs the files under pareto/ to the sweep's "
-            "parent run, or else to the experiment's run named 'pareto'."
+            "parent run, or else to the experiment's run named 'pareto'. Unless --no-intervals: runs with equal "
+            "config_key tags are grouped as repeats (seeds) of one configuration, and each configuration gets its "
+            "mean y with a 95% percentile-bootstrap interval (over validation images, from the runs' per-image "
+            "counts image_counts.npz, and over seeds) and its front probability (the share of resamples in which it "
+            "is on the front), printed, written as <dataset>_<y>_vs_<x>_intervals.csv/.json/.png and tagged "
+            "pareto_probability. Runs without per-image counts get no interval, and the table says so."
         ),
     )
     scope = parser.add_mutually_exclusive_group()
@@ -35,6 +42,16 @@ def register(subparsers) -> None:
         metavar="DIR",
         help="folder for the plots, CSV files and JSON (default ./results/pareto)",
     )
+    parser.add_argument(
+        "--resamples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="bootstrap resamples for the intervals and front probabilities (default 2000, the library's default)",
+    )
+    parser.add_argument(
+        "--no-intervals", action="store_true", help="the front of the point values only: no bootstrap, no repeats"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     parser.add_argument(
         "--no-tag", action="store_true", help="leave MLflow untouched: no run tags, no artifacts (local files only)"
@@ -47,26 +64,50 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.results.plots import write_reports
     from pipeline.training.tracking import resolve_tracking_uri
 
+    if args.resamples is not None and args.resamples < 1:
+        raise InvalidHyperparameterError("nrd-bench pareto", "--resamples", args.resamples, "a positive integer")
     uri = resolve_tracking_uri(args.tracking_uri)
     groups = pareto.collect_runs(uri, args.experiment, args.parent_run, args.dataset, args.x, args.y)
     paths = write_reports(groups, args.out.absolute())
+    fronts = {}
+    if not args.no_intervals:
+        from pipeline.results.intervals import interval_front, write_interval_reports
+        from pipeline.results.uncertainty import RESAMPLES
+
+        resamples = args.resamples or RESAMPLES
+        fronts = {name: interval_front(runs, resamples) for name, runs in groups.items()}
+        for name, front in fronts.items():
+            paths[name] += write_interval_reports(front, args.out.absolute())
     logged_to = tagged = None
     if not args.no_tag:
+        from pipeline.results.intervals import tag_probabilities
+
         tagged = pareto.tag_runs(groups)
+        for front in fronts.values():
+            tag_probabilities(front)
         scope = next(iter(groups.values())).scope
         logged_to = pareto.log_reports(scope, [path for files in paths.values() for path in files])
     if args.json:
-        print(json.dumps(pareto.to_json(groups), indent=2))
+        result = pareto.to_json(groups)
+        for name, front in fronts.items():
+            result[name]["intervals"] = front.to_dict()
+        print(json.dumps(result, indent=2))
         return 0
     for name, runs in groups.items():
         print(pareto.format_table(runs))
         print(f"plot: {paths[name][0]}\ncsv: {paths[name][1]}\n")
+        if name in fronts:
+            from pipeline.results.intervals import format_intervals
+
+            print(format_intervals(fronts[name]))
+            print(f"plot: {paths[name][4]}\ncsv: {paths[name][2]}\njson: {paths[name][3]}\n")
     if len(groups) > 1:
         print(pareto.format_summary(groups) + "\n")
     print(f"json: {paths['json'][0]}")
     if logged_to:
+        probability_tag = ", pareto_probability" if fronts else ""
         print(
-            f"tagged {tagged} runs (pareto_optimal, pareto_rank, pareto_axes); files logged to run {logged_to} "
-            f"under {pareto.ARTIFACT_DIR}/"
+            f"tagged {tagged} runs (pareto_optimal, pareto_rank, pareto_axes{probability_tag}); files logged to run "
+            f"{logged_to} under {pareto.ARTIFACT_DIR}/"
         )
     return 0

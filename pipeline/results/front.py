@@ -189,7 +189,7 @@ def format_table(runs: DatasetRuns) -> str:
     lines = [
         f"{runs.dataset}: {count(runs.points, 'run')} by {runs.x} (lower is better) and {runs.y} (higher is better), "
         f"cost counted at {'MIXED input sizes ' if len(runs.eval_inputs) > 1 else 'input '}{inputs}; {runs.scope}",
-        _layout(header, rows, right_aligned={runs.x, runs.y, "rank"}),
+        layout_table(header, rows, right_aligned={runs.x, runs.y, "rank"}),
     ]
     for point in runs.missing:
         lacks = " and ".join(name for name, value in ((runs.x, point.x), (runs.y, point.y)) if value is None)
@@ -215,11 +215,11 @@ def format_summary(groups: dict[str, DatasetRuns]) -> str:
             else:
                 row.append("no metric" if lacking else "-")
         rows.append(row)
-    table = _layout(["decoder", "encoder", *groups], rows)
+    table = layout_table(["decoder", "encoder", *groups], rows)
     return f"(decoder, encoder) pairs on each data set's Pareto front:\n{table}"
 
 
-def _layout(header: list[str], rows: list[list[str]], right_aligned: Collection[str] = ()) -> str:
+def layout_table(header: list[str], rows: list[list[str]], right_aligned: Collection[str] = ()) -> str:
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
     lines = []
     for row in [header, *rows]:

@@ -6,6 +6,7 @@ A space file has three sections::
       objectives: {mIoU: max}     # one metric (ASHA early stopping) or {mIoU: max, gmacs_model: min} (Optuna, NSGA)
       scheduler: asha             # asha | fifo (multi-objective searches use fifo)
       num_samples: 8              # trials (each grid point is repeated num_samples times, as in Ray Tune)
+      seeds: 1                    # repeats of every configuration with schedule.seed 0..seeds-1 (one child run each)
       max_concurrent: 1
       iterations: 200             # training iterations per trial (the budget ASHA cuts)
       grace_period: 1             # ASHA: evaluations before a trial may be stopped
@@ -53,6 +54,7 @@ class SearchSettings:
     objectives: dict[str, str] = field(default_factory=lambda: {"mIoU": "max"})
     scheduler: str = "asha"
     num_samples: int = 1
+    seeds: int = 1
     max_concurrent: int = 1
     iterations: int = 200
     grace_period: int = 1
@@ -165,10 +167,17 @@ def _search_settings(path: str, values: Mapping[str, Any], available_cpus: float
         raise UnknownNameError(f"scheduler in {path}", settings.scheduler, SCHEDULERS)
     if settings.multi_objective and settings.scheduler == "asha":
         raise _error(path, "search.scheduler", "asha stops trials on one metric; use fifo with several objectives")
-    for name in ("num_samples", "max_concurrent", "iterations", "grace_period", "reduction_factor"):
+    for name in ("num_samples", "seeds", "max_concurrent", "iterations", "grace_period", "reduction_factor"):
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise _error(path, f"search.{name}", f"expected a positive integer, got {value!r}")
+    if settings.seeds > 1 and settings.multi_objective:
+        raise _error(
+            path,
+            "search.seeds",
+            "repeated seeds work with one objective (grid, random, ASHA); Optuna's multi-objective search would "
+            "suggest each repeat anew. Use one objective, or seeds: 1",
+        )
     resources = settings.resources
     valid = ("workers", "cpus_per_worker", "gpus_per_worker")
     for key, value in resources.items():
@@ -213,4 +222,6 @@ def load_space(path: str | os.PathLike, available_cpus: float | None = None) -> 
             _check_value(path, dotted, spec)
     if not space:
         raise _error(path, "space", "nothing varies; expected at least one key with a distribution")
+    if search.seeds > 1 and ("schedule.seed" in space or "schedule.seed" in fixed):
+        raise _error(path, "schedule.seed", "set by search.seeds (repeats get seeds 0..seeds-1); remove one of them")
     return SearchSpace(path=path, search=search, fixed=fixed, space=space)

@@ -15,14 +15,16 @@ child runs are found again rather than duplicated (each trial keeps its MLflow r
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from pipeline.config import ConfigError, TrainConfig, canonical_key, check_model, is_decoder_argument, merge, resolve
+from pipeline.config import ConfigError, TrainConfig, canonical_key, is_decoder_argument, merge
 from pipeline.names import (
     DRIVER_BUFFER,
     FINISHED_MARKER,
@@ -37,6 +39,7 @@ from pipeline.names import (
     TRIAL_ID_TAG,
     TRIAL_VALUES_TAG,
 )
+from pipeline.resolve import check_model, resolve
 from pipeline.search.spaces import SearchSpace, load_space
 from pipeline.training.checkpoints import read_result
 from pipeline.training.cluster import start_ray
@@ -57,10 +60,46 @@ def tune_distribution(kind: str, arguments: Any):
     }[kind]()
 
 
+SAMPLED = "sampled"  # with search.seeds > 1: the Tune parameter holding one pre-drawn set of random values
+SEED_KEY = "schedule.seed"
+RANDOM = ("choice", "uniform", "loguniform", "randint")
+
+
 def param_space(space: SearchSpace) -> dict[str, Any]:
     """Ray Tune's parameters, named with the flat names of ``pipeline.config`` (``nrd.dyn_channels``): no "/", which
-    Tune and Optuna read as nesting."""
-    return {key: tune_distribution(kind, arguments) for key, (kind, arguments) in space.space.items()}
+    Tune and Optuna read as nesting.
+
+    With ``search.seeds`` > 1 every configuration is repeated with ``schedule.seed`` 0..seeds-1, as a grid axis.
+    Tune draws random values anew for every grid point, which would give each repeat other values; so the random
+    distributions are drawn here instead, ``num_samples`` times from a seeded generator (the same draws on resume),
+    and enter as one more grid axis (``sampled``) beside the space's own grids."""
+    from ray import tune
+
+    search = space.search
+    if search.seeds == 1:
+        return {key: tune_distribution(kind, arguments) for key, (kind, arguments) in space.space.items()}
+    params = {key: tune_distribution(kind, arguments) for key, (kind, arguments) in space.space.items()}
+    random_keys = [key for key, (kind, _) in space.space.items() if kind in RANDOM]
+    rng = np.random.default_rng(0)
+    draws = [{key: draw(rng, *space.space[key]) for key in random_keys} for _ in range(search.num_samples)]
+    for key in random_keys:
+        del params[key]
+    if random_keys:
+        params[SAMPLED] = tune.grid_search(draws)
+    params[SEED_KEY] = tune.grid_search(list(range(search.seeds)))
+    return params
+
+
+def draw(rng: np.random.Generator, kind: str, arguments: Any) -> Any:
+    """One value of a random distribution of a space, as plain Python."""
+    if kind == "choice":
+        return arguments[int(rng.integers(len(arguments)))]
+    if kind == "uniform":
+        return float(rng.uniform(*arguments))
+    if kind == "loguniform":
+        low, high = arguments
+        return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+    return int(rng.integers(*arguments))  # randint: [low, high)
 
 
 def trial_config(
@@ -91,6 +130,7 @@ def run_trial(
     from pipeline.training.logger import RunLogger
 
     trial_id = ray.tune.get_context().get_trial_id()
+    sampled = {**sampled.get(SAMPLED, {}), **{key: value for key, value in sampled.items() if key != SAMPLED}}
     values = {canonical_key(key, space.path): value for key, value in sampled.items()}  # old sweeps: nrd__arg
     config = trial_config(space, base, values, trial_id, sweep)
     directory = Path(config.run.storage_path) / config.run.name
@@ -122,6 +162,7 @@ def start_sweep(space: SearchSpace, base_config: TrainConfig, directory: Path, n
             "objectives": json.dumps(search.objectives),
             "scheduler": "optuna-multi-objective" if search.multi_objective else search.scheduler,
             "num_samples": search.num_samples,
+            "seeds": search.seeds,
             "max_concurrent": search.max_concurrent,
             "iterations": search.iterations,
             "resources": json.dumps(search.resources),
@@ -168,7 +209,7 @@ def tune_config(space: SearchSpace):
         metric=metric,
         mode=mode,
         scheduler=scheduler,
-        num_samples=search.num_samples,
+        num_samples=search.num_samples if search.seeds == 1 else 1,  # else drawn by param_space
         max_concurrent_trials=search.max_concurrent,
     )
 
