@@ -347,7 +347,7 @@ def test_mlflow_outages_lose_no_metric_and_a_server_that_never_returns_ends_with
     sends them once the server is back, while the run goes on. The second lasts past the end: the run trains to the
     end, then fails with a clean error (exit 2, no traceback) naming the buffer files in the order to replay them;
     once MLflow is back, replaying them gives the complete FINISHED run, every metric step exactly once."""
-    iterations = 2 * ITERATIONS  # room for both outages before the end
+    iterations = 4 * ITERATIONS  # room for both outages before the end (evaluations no longer start Ray Data)
     eval_interval = iterations // 2
     args = train_args(
         shards,
