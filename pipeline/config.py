@@ -40,11 +40,14 @@ class DataSettings:
     """Where the prepared shards are (``nrd-bench prepare`` output: a local folder or a URI pyarrow reads) and the
     training augmentation. ``crop_size``/``base_scale`` default to the dataset's preset (nrd.data.transforms).
     ``eval_msflip``: after the last iteration, evaluate once more with multi-scale + flip inference
-    (``nrd.inference.predict_msflip``), logged as ``mIoU_msflip`` and ``aAcc_msflip``."""
+    (``nrd.inference.predict_msflip``), logged as ``mIoU_msflip`` and ``aAcc_msflip``. ``test_scale`` (long, short):
+    evaluation resizes each val image to fit it, keeping its aspect ratio, and scores are resized back to the
+    full-size label (mmseg's test ``Resize``); None evaluates at the stored size."""
 
     dataset_dir: str = ""
     crop_size: tuple[int, int] | None = None
     base_scale: tuple[int, int] | None = None
+    test_scale: tuple[int, int] | None = None
     ratio_range: tuple[float, float] = (0.5, 2.0)
     cat_max_ratio: float = 0.75
     photometric: bool = True

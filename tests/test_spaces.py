@@ -73,6 +73,11 @@ space:
         ("search: {budget: 3}\nspace: {lr: 0.1}", UnknownNameError, "search setting"),
         ("serach: {}\nspace: {lr: 0.1}", UnknownNameError, "did you mean 'search'"),
         ("fixed: {lr: 0.1}", NRDBenchError, "nothing varies"),
+        ("space: {variants: {uniform: [0, 1]}}", NRDBenchError, "space.variants: expected {grid"),
+        ("space: {variants: {grid: [nrd]}}", NRDBenchError, "non-empty mappings"),
+        ("space: {variants: {grid: [{decoder: deeplabv4}]}}", UnknownNameError, "deeplabv4"),
+        ("space: {variants: {grid: [{lr: {choice: [1]}}]}}", NRDBenchError, "not distributions"),
+        ("space: {variants: {grid: [{decoder: nrd}, {model.decoder: nrd}]}}", NRDBenchError, "listed twice"),
     ],
 )
 def test_bad_spaces_are_named_errors(tmp_path, text, error, message):
@@ -96,3 +101,29 @@ def test_not_yaml_and_missing_file(tmp_path):
         load_space(write(tmp_path, "space: [unclosed"))
     with pytest.raises(NRDBenchError, match="config file not found"):
         load_space(tmp_path / "nope.yaml")
+
+
+def test_variants_apply_whole_and_without_repeating_other_decoders(tmp_path):
+    from pipeline.search.tune import SAMPLED, flat_values, param_space
+
+    path = write(
+        tmp_path,
+        """
+search: {seeds: 2}
+space:
+  variants: {grid: [{decoder: nrd}, {decoder: nrd, nrd.static_base: true}, {decoder: bilinear}]}
+  lr: {choice: [0.01, 0.02]}
+""",
+    )
+    space = load_space(path)
+    kind, variants = space.space["variants"]
+    assert kind == "grid"
+    assert variants[1] == {"model.decoder": "nrd", "nrd.static_base": True}  # short names resolved
+    params = param_space(space)
+    assert params["variants"] == {"grid_search": variants}
+    sampled = {SAMPLED: {"schedule.lr": 0.02}, "variants": variants[1], "schedule.seed": 1}
+    values = flat_values(sampled)
+    assert values == {"schedule.lr": 0.02, "model.decoder": "nrd", "nrd.static_base": True, "schedule.seed": 1}
+    overrides = space.trial_overrides(values)
+    assert overrides["model"] == {"decoder": "nrd", "decoder_kwargs": {"static_base": True}}
+    assert space.trial_overrides(flat_values({"variants": variants[2]}))["model"] == {"decoder": "bilinear"}

@@ -243,6 +243,23 @@ def test_val_shards_give_every_row_once_across_workers_in_manifest_order(shards,
                         assert torch.equal(batch[key], torch.from_numpy(value)), (key, row["id"])
 
 
+def test_val_shards_resize_to_the_test_scale(shards):
+    """``data.test_scale``: the image fits (long, short) keeping its aspect ratio, the label keeps its size, and
+    ``valid_size`` says where the content ends inside the padding."""
+    from pipeline.config import DataSettings
+    from pipeline.training.ingest import ValShards
+
+    manifest = json.loads((shards / "manifest.json").read_text())
+    full = next(ValShards(TrainConfig(data=DataSettings(dataset_dir=str(shards))), manifest).batches(0, 1, "cpu"))
+    data = DataSettings(dataset_dir=str(shards), test_scale=(24, 24))
+    small = next(ValShards(TrainConfig(data=data), manifest).batches(0, 1, "cpu"))
+    height, width = full["label"].shape[-2:]
+    scale = min(24 / max(height, width), 24 / min(height, width))
+    assert small["valid_size"][0].tolist() == [int(height * scale + 0.5), int(width * scale + 0.5)]
+    assert small["image"].shape[-1] % 32 == 0 and small["image"].shape[-1] < full["image"].shape[-1]
+    assert torch.equal(small["label"], full["label"])
+
+
 def test_prepare_network_converts_for_gpu_only():
     """Channels-last weights and SyncBatchNorm (several workers) only on CUDA; nothing changes on CPU. The layout
     change itself runs on CPU tensors, so this is checked without a GPU."""

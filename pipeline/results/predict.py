@@ -27,7 +27,7 @@ import torch
 from nrd import SegmentationModel, load_encoder_weights
 from nrd.data import read_manifest
 from nrd.data.base import DataError, decode_image, encode_png
-from nrd.data.transforms import TRAIN_PRESETS, ValTransform
+from nrd.data.transforms import TRAIN_PRESETS, ValTransform, ValTransformConfig
 from nrd.errors import InvalidHyperparameterError, WeightsMismatchError
 from nrd.inference import predict_to_label
 from pipeline.config import FROM_DATA, ConfigError, TrainConfig, load_yaml
@@ -200,12 +200,17 @@ def mode_options(
 
 
 def predict_label(
-    model: torch.nn.Module, image: np.ndarray, mode: str = "whole", options: Mapping | None = None
+    model: torch.nn.Module,
+    image: np.ndarray,
+    mode: str = "whole",
+    options: Mapping | None = None,
+    test_scale: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """(H, W, 3) uint8 RGB → (H, W) uint8 train ids: ``ValTransform()`` as in training's evaluation, inference
-    ``mode`` with its ``options`` on the model's device, scores restored to (H, W), argmax over the classes."""
+    """(H, W, 3) uint8 RGB → (H, W) uint8 train ids: ``ValTransform`` as in training's evaluation (resized to fit
+    the run's ``data.test_scale`` when it has one), inference ``mode`` with its ``options`` on the model's device,
+    scores restored to (H, W), argmax over the classes."""
     device = next(model.parameters()).device
-    transform = ValTransform()
+    transform = ValTransform(ValTransformConfig(test_scale=tuple(test_scale) if test_scale else None))
     size = image.shape[:2]
     tensor, _ = transform(image, np.zeros(size, dtype=np.uint8))  # the label is a placeholder
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -239,7 +244,7 @@ def predict_files(
     model = trained.model.to(device)
     for path, name in images:
         image = decode_image(path.read_bytes(), path)
-        label = predict_label(model, image, mode, options)
+        label = predict_label(model, image, mode, options, trained.config.data.test_scale)
         write_atomic(out / LABELS_DIR / name, encode_png(label))
         write_atomic(out / OVERLAYS_DIR / name, encode_png(overlay(image, label, palette, alpha)))
     return [name for _, name in images]

@@ -26,6 +26,13 @@ dotted paths into the training config (``model.*``, ``data.*``, ``schedule.*``, 
 The short names of ``pipeline.config.ALIASES`` (the ``nrd-bench train`` flags: ``lr``, ``decoder``, ...) are read
 too. Distributions: ``choice: [..]``, ``grid: [..]``, ``uniform: [low, high]``, ``loguniform: [low, high]``,
 ``randint: [low, high)``; anything else is a fixed value.
+
+``variants`` is a space key of its own: a ``grid`` (or ``choice``) of mappings of the keys above, each applied whole
+to a trial, for settings that only make sense together (e.g. NRD with and without ``static_base`` beside
+decoders that have no such argument, without repeating those decoders)::
+
+    space:
+      variants: {grid: [{model.decoder: nrd}, {model.decoder: nrd, nrd.static_base: true}, {model.decoder: bilinear}]}
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ SCHEDULERS = ("asha", "fifo")
 TRIAL_DRIVER_CPUS = 0.01  # a multi-worker trial's own process, which starts its TorchTrainer
 DATA_CPUS = 1.0  # what Ray Data needs free besides the trials: its file-listing task asks for a whole CPU
 MODES = ("max", "min")
+VARIANTS_KEY = "variants"  # a grid of mappings applied whole (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,28 @@ def _distribution(path: str, key: str, spec: Mapping[str, Any]) -> tuple[str, An
     return kind, [low, high]
 
 
+def _variants(path: str, spec: Any) -> tuple[str, list[dict[str, Any]]]:
+    where = f"space.{VARIANTS_KEY}"
+    if not (isinstance(spec, Mapping) and len(spec) == 1 and next(iter(spec)) in ("grid", "choice")):
+        raise _error(path, where, "expected {grid: [mapping, ...]} or {choice: [mapping, ...]}")
+    kind, values = next(iter(spec.items()))
+    if not isinstance(values, list) or not values or not all(isinstance(v, Mapping) and v for v in values):
+        raise _error(path, where, f"{kind} needs a non-empty list of non-empty mappings, got {values!r}")
+    variants = []
+    for variant in values:
+        resolved = {}
+        for key, value in variant.items():
+            dotted = canonical_key(key, path)
+            if isinstance(value, Mapping):
+                raise _error(path, f"{where}: {dotted}", "a variant holds fixed values, not distributions")
+            _check_value(path, dotted, value)
+            resolved[dotted] = value
+        if resolved in variants:
+            raise _error(path, where, f"{variant!r} is listed twice")
+        variants.append(resolved)
+    return kind, variants
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -216,6 +246,9 @@ def load_space(path: str | os.PathLike, available_cpus: float | None = None) -> 
         fixed[dotted] = value
     space = {}
     for key, spec in (data.get("space") or {}).items():
+        if key == VARIANTS_KEY:
+            space[key] = _variants(path, spec)
+            continue
         dotted = canonical_key(key, path)
         space[dotted] = _distribution(path, dotted, spec) if isinstance(spec, Mapping) else ("fixed", spec)
         if space[dotted][0] == "fixed":

@@ -40,7 +40,7 @@ from pipeline.names import (
     TRIAL_VALUES_TAG,
 )
 from pipeline.resolve import check_model, resolve
-from pipeline.search.spaces import SearchSpace, load_space
+from pipeline.search.spaces import VARIANTS_KEY, SearchSpace, load_space
 from pipeline.training.checkpoints import read_result
 from pipeline.training.cluster import start_ray
 from pipeline.training.run import train
@@ -120,6 +120,20 @@ def trial_config(
     return check_model(base.updated({**hyperparameters, **sampled, **run}, source))
 
 
+def flat_values(sampled: dict[str, Any]) -> dict[str, Any]:
+    """A trial's Tune parameters as flat keys: the pre-drawn random values (``sampled``) and the chosen variant's
+    values spread out."""
+    values: dict[str, Any] = {}
+    for key, value in sampled.items():
+        if key == SAMPLED:
+            values.update(flat_values(value))
+        elif key == VARIANTS_KEY:
+            values.update(value)
+        else:
+            values[key] = value
+    return values
+
+
 def run_trial(
     sampled: dict[str, Any], space: SearchSpace, base: TrainConfig, manifest: dict, sweep: dict[str, str]
 ) -> None:
@@ -130,7 +144,7 @@ def run_trial(
     from pipeline.training.logger import RunLogger
 
     trial_id = ray.tune.get_context().get_trial_id()
-    sampled = {**sampled.get(SAMPLED, {}), **{key: value for key, value in sampled.items() if key != SAMPLED}}
+    sampled = flat_values(sampled)
     values = {canonical_key(key, space.path): value for key, value in sampled.items()}  # old sweeps: nrd__arg
     config = trial_config(space, base, values, trial_id, sweep)
     directory = Path(config.run.storage_path) / config.run.name

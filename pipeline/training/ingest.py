@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from nrd.data.base import decode_image, decode_label
-from nrd.data.transforms import TRAIN_PRESETS, TrainTransform, TrainTransformConfig, ValTransform
+from nrd.data.transforms import TRAIN_PRESETS, TrainTransform, TrainTransformConfig, ValTransform, ValTransformConfig
 from pipeline.config import TrainConfig
 from pipeline.resolve import shard_files
 
@@ -51,10 +51,10 @@ def decode_augment(batch: dict[str, np.ndarray], transform: TrainTransformConfig
     return {"image": np.stack(images), "label": np.stack(labels)}
 
 
-def decode_val(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray Data batch function for evaluation (batch size 1: sizes may differ): the normalised image padded to a
-    multiple of 32, its size before padding (``valid_size``) and the untouched label."""
-    transform = ValTransform()
+def decode_val(batch: dict[str, np.ndarray], test_scale: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """One val row (batch size 1: sizes may differ): the normalised image (resized to fit ``test_scale`` when set)
+    padded to a multiple of 32, its size before padding (``valid_size``) and the untouched label."""
+    transform = ValTransform(ValTransformConfig(test_scale=test_scale))
     image, label = transform(decode_image(batch["image"][0], batch["id"][0]), decode_label(batch["label"][0]))
     valid_size = np.array([transform.valid_size(*label.shape)], dtype=np.int64)
     return {"image": image.numpy()[None], "label": label.numpy()[None], "valid_size": valid_size}
@@ -93,6 +93,7 @@ class ValShards:
     def __init__(self, config: TrainConfig, manifest: dict):
         self.files = shard_files(config.data.dataset_dir, manifest, "val")
         self.limit = config.data.val_limit
+        self.test_scale = config.data.test_scale
 
     def rows(self) -> Iterator[dict]:
         import pyarrow.parquet as pq
@@ -112,5 +113,5 @@ class ValShards:
     def batches(self, rank: int, world: int, device) -> Iterator[dict[str, torch.Tensor]]:
         for index, row in enumerate(self.rows()):
             if index % world == rank:
-                decoded = decode_val({key: [row[key]] for key in ("id", "image", "label")})
+                decoded = decode_val({key: [row[key]] for key in ("id", "image", "label")}, self.test_scale)
                 yield {"id": row["id"]} | {key: torch.from_numpy(value).to(device) for key, value in decoded.items()}

@@ -21,6 +21,8 @@ def prediction_figure(image: torch.Tensor, label: torch.Tensor, prediction: torc
     mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
     std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
     rgb = (image.float() * std + mean).clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    if rgb.shape[:2] != tuple(label.shape):  # evaluated at data.test_scale: show the image at its label's size
+        rgb = np.asarray(Image.fromarray(rgb).resize((label.shape[1], label.shape[0]), Image.BILINEAR))
     palette, ignore = manifest["palette"], manifest["ignore_index"]
     panels = [
         rgb,
