@@ -294,9 +294,15 @@ def test_parent_run_on_sqlite(sqlite_store, tmp_path, capsys):
     client = MlflowClient(uri)
     check_tags(client, store)
     logged = sorted(artifact.path for artifact in client.list_artifacts(store["parent"], "pareto"))
-    kinds = (".csv", ".png", "_intervals.csv", "_intervals.json", "_intervals.png")
-    files = sorted(f"{dataset}_mIoU_vs_gmacs_model{kind}" for dataset in ("camvid", "cityscapes") for kind in kinds)
-    files.append("pareto_mIoU_vs_gmacs_model.json")
+    kinds = (".csv", ".json", ".png", "_intervals.csv", "_intervals.json", "_intervals.png")
+    files = [
+        f"{dataset}_mIoU_vs_gmacs_model{kind}"
+        for dataset in ("camvid", "cityscapes")
+        for kind in kinds
+        if kind != ".json"
+    ]
+    files += [f"{dataset}_mIoU_learning_curves{kind}" for dataset in ("camvid", "cityscapes") for kind in kinds[:3]]
+    files = sorted([*files, "pareto_mIoU_vs_gmacs_model.json"])
     assert logged == [f"pareto/{name}" for name in files]
     assert sorted(path.name for path in out.iterdir()) == files  # no temporary files left
     with Image.open(out / "cityscapes_mIoU_vs_gmacs_model.png") as image:
@@ -438,7 +444,10 @@ def test_intervals_group_repeats_and_front_probability_is_certain_where_dominanc
         tags = {"dataset": "camvid", "decoder": "nrd", "encoder": "resnet18", CONFIG_KEY_TAG: key}
         run_id = client.create_run(experiment_id, tags=tags | {"mlflow.parentRunId": parent}, run_name=name).info
         run_id = run_id.run_id
-        client.log_batch(run_id, metrics=[Metric("gmacs_model", gmacs, 0, 0), Metric("mIoU", miou, 0, 0)])
+        # learning curves: best still rising at its end (+250 points per 1k iterations), worse flat
+        curve = [(100, miou - 50), (200, miou - 25), (300, miou)] if key == "key-best" else [(200, miou), (300, miou)]
+        history = [Metric("mIoU", value, 0, step) for step, value in curve]
+        client.log_batch(run_id, metrics=[Metric("gmacs_model", gmacs, 0, 0), *history])
         if counts is not None:
             path = tmp_path / name / IMAGE_COUNTS_FILE
             write_image_counts(path, ImageCounts(images, ("road", "sky"), [counts] * len(images), 255))
@@ -466,6 +475,14 @@ def test_intervals_group_repeats_and_front_probability_is_certain_where_dominanc
     assert "10.00 (no interval: no per-image counts)" in printed
     tags = {name: client.get_run(run_id).data.tags[PARETO_PROBABILITY_TAG] for name, run_id in ids.items()}
     assert tags == {"best-s0": "1.000", "best-s1": "1.000", "worse": "0.000", "old": "none"}
+    curves = json.loads((out / "camvid_mIoU_learning_curves.json").read_text())
+    by_key = {entry["config_key"]: entry for entry in curves["configurations"]}
+    assert by_key["key-best"]["iterations"] == [100, 200, 300] and by_key["key-best"]["seeds"] == [2, 2, 2]
+    assert by_key["key-best"]["convergence"]["slope_per_1k"] == pytest.approx(250.0)
+    assert by_key["key-best"]["convergence"]["rising"] is True and by_key["key-worse"]["convergence"]["rising"] is False
+    assert set(by_key["key-best"]["runs"]) == {ids["best-s0"], ids["best-s1"]}
+    assert curves["ranking_at_last_evaluation"]["iterations"] == [200, 300]  # the last two all three evaluated
+    assert "still rising at the end: nrd/resnet18" in printed and "some of its members are still learning" in printed
     assert main([*command, "--resamples", "0"]) == 2
     assert "--resamples=0 is invalid" in capsys.readouterr().err
 

@@ -23,7 +23,10 @@ def register(subparsers) -> None:
             "mean y with a 95% percentile-bootstrap interval (over validation images, from the runs' per-image "
             "counts image_counts.npz, and over seeds) and its front probability (the share of resamples in which it "
             "is on the front), printed, written as <dataset>_<y>_vs_<x>_intervals.csv/.json/.png and tagged "
-            "pareto_probability. Runs without per-image counts get no interval, and the table says so."
+            "pareto_probability; and its learning curve (mean and min-max band of y over seeds at every "
+            "evaluation, flagged when still rising at the end; Kendall's tau-b of the ranking at the last two "
+            "evaluations), written as <dataset>_<y>_learning_curves.csv/.json/.png. "
+            "Runs without per-image counts get no interval, and the table says so."
         ),
     )
     scope = parser.add_mutually_exclusive_group()
@@ -69,15 +72,19 @@ def run(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     groups = pareto.collect_runs(uri, args.experiment, args.parent_run, args.dataset, args.x, args.y)
     paths = write_reports(groups, args.out.absolute())
-    fronts = {}
+    fronts, curves = {}, {}
     if not args.no_intervals:
         from pipeline.results.intervals import interval_front, write_interval_reports
         from pipeline.results.uncertainty import RESAMPLES
 
         resamples = args.resamples or RESAMPLES
         fronts = {name: interval_front(runs, resamples) for name, runs in groups.items()}
+        from pipeline.results.curves import learning_curves, write_learning_curves
+
         for name, front in fronts.items():
             paths[name] += write_interval_reports(front, args.out.absolute())
+            curves[name] = learning_curves(front)
+            paths[name] += write_learning_curves(curves[name], args.out.absolute())
     logged_to = tagged = None
     if not args.no_tag:
         from pipeline.results.intervals import tag_probabilities
@@ -91,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         result = pareto.to_json(groups)
         for name, front in fronts.items():
             result[name]["intervals"] = front.to_dict()
+            result[name]["learning_curves"] = curves[name].to_dict()
         print(json.dumps(result, indent=2))
         return 0
     for name, runs in groups.items():
@@ -101,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
 
             print(format_intervals(fronts[name]))
             print(f"plot: {paths[name][4]}\ncsv: {paths[name][2]}\njson: {paths[name][3]}\n")
+            from pipeline.results.curves import format_convergence
+
+            print(format_convergence(curves[name]))
+            print(f"plot: {paths[name][7]}\ncsv: {paths[name][5]}\njson: {paths[name][6]}\n")
     if len(groups) > 1:
         print(pareto.format_summary(groups) + "\n")
     print(f"json: {paths['json'][0]}")
