@@ -1,0 +1,187 @@
+"""Publish a decoder study (``tune_spaces/study_<dataset>.yaml``, README "What the study shows") from its MLflow store.
+
+Runs the documented commands on the finished sweep and keeps what they print and write, under
+``benchmarks/results/study/<dataset>/``:
+
+- ``nrd-bench pareto --parent-run ID``: the front table with 95% bootstrap intervals (over validation images and
+  seeds) and front probabilities, the learning curves with still-rising flags (``pareto.txt`` and the CSV/JSON/PNG
+  files it writes);
+- ``nrd-bench report``: the best run per decoder x encoder (``report.txt``, ``report_<dataset>.csv/.md``);
+- ``nrd-bench compare``: each NRD variant minus DeepLabV3+ in mIoU with its paired interval and the decoder-MACs ratio
+  (``compare.json``);
+- ``per_class_iou.csv``: per configuration, each class's IoU (mean over seeds) from the runs' ``per_class_iou.csv``;
+- ``study.json``: the resolved space, the sweep, seeds, versions, git commit and the study's wall time.
+
+Then ``summary.csv``/``summary.md`` across every data set published so far. Usage (after ``nrd-bench tune``)::
+
+    python benchmarks/study.py --dataset camvid --storage-path results --tracking-uri sqlite:///mlflow.db \
+        [--wall-s 1800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "benchmarks" / "results" / "study"
+BASELINE = "deeplabv3plus"
+
+
+def nrd_bench(*args: str) -> str:
+    command = [str(Path(sys.executable).parent / "nrd-bench"), *args]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return result.stdout
+
+
+def variant_name(label: str) -> str:
+    decoder = label.split("/")[0]
+    return f"{decoder}+static_base" if "static_base=True" in label else decoder
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--storage-path", type=Path, required=True, help="the --storage-path of nrd-bench tune")
+    parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("--name", help="sweep name (default study_<dataset>)")
+    parser.add_argument("--wall-s", type=float, help="the sweep's measured wall time, recorded in study.json")
+    parser.add_argument("--resamples", type=int, default=2000)
+    args = parser.parse_args()
+    name = args.name or f"study_{args.dataset}"
+    sweep = json.loads((args.storage_path / name / "sweep.json").read_text())
+    out = OUT / args.dataset
+    out.mkdir(parents=True, exist_ok=True)
+    uri, parent = args.tracking_uri, sweep["run_id"]
+
+    pareto = nrd_bench(
+        "pareto", "--parent-run", parent, "--tracking-uri", uri, "--out", str(out), "--resamples", str(args.resamples)
+    )
+    (out / "pareto.txt").write_text(pareto.replace(str(out) + "/", ""))
+    (out / "report.txt").write_text(nrd_bench("report", "--tracking-uri", uri, "--out", str(out)))
+    intervals = json.loads(next(out.glob(f"{args.dataset}_mIoU_vs_gmacs_model_intervals.json")).read_text())
+    keys = {variant_name(c["label"]): c for c in intervals["configurations"]}
+    comparisons = {}
+    for variant in ("nrd", "nrd+static_base", "bilinear"):
+        if variant in keys and BASELINE in keys:
+            pair = [keys[variant]["config_key"], keys[BASELINE]["config_key"]]
+            text = nrd_bench(
+                "compare",
+                "--parent-run",
+                parent,
+                "--tracking-uri",
+                uri,
+                *pair,
+                "--json",
+                "--resamples",
+                str(args.resamples),
+            )
+            comparisons[f"{variant} - {BASELINE}"] = json.loads(text)
+    (out / "compare.json").write_text(json.dumps(comparisons, indent=2) + "\n")
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    rows, classes = [], None
+    for variant, configuration in keys.items():
+        values: dict[str, list[float]] = {}
+        for run_id in configuration["run_ids"]:
+            path = client.download_artifacts(run_id, "per_class_iou.csv", str(out / ".download" / run_id))
+            for row in csv.DictReader(io.StringIO(Path(path).read_text())):
+                values.setdefault(row["class_name"], []).append(float(row["iou_percent"]))
+        classes = classes or list(values)
+        rows.append([variant, len(configuration["run_ids"]), *(round(sum(v) / len(v), 2) for v in values.values())])
+    shutil.rmtree(out / ".download", ignore_errors=True)
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["variant", "seeds", *(classes or [])])
+    writer.writerows(rows)
+    (out / "per_class_iou.csv").write_text(table.getvalue())
+
+    space = Path(sweep.get("space_file") or REPO / "tune_spaces" / f"{name}.yaml")
+    shutil.copy(REPO / "tune_spaces" / f"{name}.yaml", out / f"{name}.yaml")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    import mlflow
+    import ray
+    import torch
+
+    study = {
+        "dataset": args.dataset,
+        "space": f"{name}.yaml",
+        "space_file_run": str(space),
+        "sweep": {key: sweep[key] for key in ("name", "run_id") if key in sweep},
+        "wall_s": args.wall_s,
+        "resamples": args.resamples,
+        "git_commit": commit,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "ray": ray.__version__,
+            "mlflow": mlflow.__version__,
+            "platform": platform.platform(),
+        },
+        "machine": "2 CPU cores (no GPU)",
+        "commands": [
+            f"nrd-bench prepare --dataset {args.dataset} --root ../shared/data/{args.dataset} "
+            f"--out shards/{args.dataset}",
+            f"nrd-bench tune --space tune_spaces/{name}.yaml --dataset-dir shards/{args.dataset}",
+            f"python benchmarks/study.py --dataset {args.dataset} --storage-path results "
+            "--tracking-uri sqlite:///mlflow.db",
+        ],
+    }
+    (out / "study.json").write_text(json.dumps(study, indent=2) + "\n")
+    write_summary()
+    print((OUT / "summary.md").read_text())
+    return 0
+
+
+def write_summary() -> None:
+    """One row per data set and variant: mIoU mean [95% CI], decoder GMACs, front probability, difference vs
+    DeepLabV3+ [CI] and its decoder-MACs ratio."""
+    header = ["dataset", "variant", "seeds", "mIoU", "low", "high", "gmacs_model", "front_probability"]
+    header += ["minus_deeplabv3plus", "diff_low", "diff_high", "decoder_macs_ratio"]
+    rows = []
+    for folder in sorted(path for path in OUT.iterdir() if (path / "study.json").exists()):
+        intervals = json.loads(next(folder.glob("*_mIoU_vs_gmacs_model_intervals.json")).read_text())
+        comparisons = json.loads((folder / "compare.json").read_text())
+        for configuration in intervals["configurations"]:
+            variant = variant_name(configuration["label"])
+            y = configuration["y"]
+            row = [folder.name, variant, configuration["seeds"], y["value"], y["low"], y["high"], configuration["x"]]
+            row.append(configuration["front_probability"])
+            pair = comparisons.get(f"{variant} - {BASELINE}")
+            difference = (pair or {}).get("difference") or {}
+            row += [difference.get("value"), difference.get("low"), difference.get("high")]
+            row.append((pair or {}).get("cost_ratio"))
+            rows.append(row)
+    table = io.StringIO()
+    csv.writer(table).writerows([header, *rows])
+    (OUT / "summary.csv").write_text(table.getvalue())
+
+    def number(value, digits=2):
+        return "" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        "| data set | decoder | seeds | mIoU [95% CI] | model GMACs | P(front) | minus DeepLabV3+ [95% CI] "
+        "| decoder MACs ratio |",
+        "|---|---|---:|---|---:|---:|---|---:|",
+    ]
+    for row in rows:
+        dataset, variant, seeds, value, low, high, gmacs, probability, diff, dlow, dhigh, ratio = row
+        difference = f"{diff:+.2f} [{dlow:+.2f}, {dhigh:+.2f}]" if diff is not None and dlow is not None else ""
+        lines.append(
+            f"| {dataset} | {variant} | {seeds} | {number(value)} [{number(low)}, {number(high)}] | {number(gmacs)} "
+            f"| {number(probability)} | {difference} | {number(ratio)} |"
+        )
+    (OUT / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
