@@ -6,7 +6,8 @@ directory). Images are prepared exactly as training's evaluation prepares the va
 ``pipeline.training.ingest.decode_val``: ImageNet normalisation at the original size, or resized to fit the run's
 ``data.test_scale`` when it has one, zero padding to a multiple of 32) and predicted with one of
 ``nrd.inference.MODES`` through ``nrd.inference.predict_to_label`` (scores cropped back to the image) under bf16
-autocast on CUDA (as training evaluates there) and fp32 elsewhere, so ``whole`` reproduces training's evaluation pixel for pixel.
+autocast on CUDA (as training evaluates there) and fp32 elsewhere, so ``whole`` reproduces training's evaluation pixel
+for pixel.
 
 Written under the output folder, for an input file ``a/b.jpg`` (its path relative to the input folder):
 
