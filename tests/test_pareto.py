@@ -325,7 +325,12 @@ def test_experiment_table_on_sqlite_reuses_the_pareto_run(sqlite_store, tmp_path
         pareto_runs = client.search_runs([store["experiment_id"]], f"tags.`{KIND_TAG}` = '{KIND_PARETO}'")
         assert len(pareto_runs) == 1 and pareto_runs[0].info.run_name == "pareto"
         assert pareto_runs[0].info.status == "FINISHED"
-    assert len(client.list_artifacts(pareto_runs[0].info.run_id, "pareto")) == 11  # 5 per data set, 1 JSON
+    logged = sorted(
+        item.path.removeprefix("pareto/") for item in client.list_artifacts(pareto_runs[0].info.run_id, "pareto")
+    )
+    assert logged == sorted(path.name for path in tmp_path.iterdir())  # every file written to --out, logged once
+    for data_set in ("camvid", "cityscapes"):  # front, intervals and learning curves for each data set
+        assert {f"{data_set}_mIoU_vs_gmacs_model.csv", f"{data_set}_mIoU_learning_curves.png"} <= set(logged)
     check_tags(client, store)  # the pareto run itself is not a point: the ranks are the same
 
     ranks = expected_ranks(store["runs"])
