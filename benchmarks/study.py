@@ -8,14 +8,15 @@ Runs the documented commands on the finished sweep and keeps what they print and
   files it writes);
 - ``nrd-bench report``: the best run per decoder x encoder (``report.txt``, ``report_<dataset>.csv/.md``);
 - ``nrd-bench compare``: each NRD variant minus DeepLabV3+ in mIoU with its paired interval and the decoder-MACs ratio
-  (``compare.json``);
+  (``compare.json``, ``compare.txt``);
 - ``per_class_iou.csv``: per configuration, each class's IoU (mean over seeds) from the runs' ``per_class_iou.csv``;
 - ``study.json``: the resolved space, the sweep, seeds, versions, git commit and the study's wall time.
 
-Then ``summary.csv``/``summary.md`` across every data set published so far. Usage (after ``nrd-bench tune``)::
+Then ``summary.csv``/``summary.md``/``summary.png`` across every data set published so far; ``budget.csv`` per data
+set holds each variant's mean mIoU minus DeepLabV3+'s at every evaluation. Usage (after ``nrd-bench tune``)::
 
-    python benchmarks/study.py --dataset camvid --storage-path results --tracking-uri sqlite:///mlflow.db \
-        [--wall-s 1800]
+    python benchmarks/study.py --dataset camvid --storage-path study/camvid/results \
+        --tracking-uri sqlite:///study/camvid/mlflow.db [--wall-s 1800]
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def main() -> int:
     (out / "report.txt").write_text(nrd_bench("report", "--tracking-uri", uri, "--out", str(out)))
     intervals = json.loads(next(out.glob(f"{args.dataset}_mIoU_vs_gmacs_model_intervals.json")).read_text())
     keys = {variant_name(c["label"]): c for c in intervals["configurations"]}
-    comparisons = {}
+    comparisons, lines = {}, []
     for variant in ("nrd", "nrd+static_base", "bilinear"):
         if variant in keys and BASELINE in keys:
             pair = [keys[variant]["config_key"], keys[BASELINE]["config_key"]]
@@ -84,7 +85,14 @@ def main() -> int:
                 str(args.resamples),
             )
             comparisons[f"{variant} - {BASELINE}"] = json.loads(text)
+            lines.append(
+                nrd_bench(
+                    "compare", "--parent-run", parent, "--tracking-uri", uri, *pair, "--resamples", str(args.resamples)
+                ).strip()
+            )
     (out / "compare.json").write_text(json.dumps(comparisons, indent=2) + "\n")
+    (out / "compare.txt").write_text("\n".join(lines) + "\n")
+    write_budget(out, args.dataset)
 
     from mlflow import MlflowClient
 
@@ -131,15 +139,34 @@ def main() -> int:
         "commands": [
             f"nrd-bench prepare --dataset {args.dataset} --root ../shared/data/{args.dataset} "
             f"--out shards/{args.dataset}",
-            f"nrd-bench tune --space tune_spaces/{name}.yaml --dataset-dir shards/{args.dataset}",
-            f"python benchmarks/study.py --dataset {args.dataset} --storage-path results "
-            "--tracking-uri sqlite:///mlflow.db",
+            f"nrd-bench tune --space tune_spaces/{name}.yaml --dataset-dir shards/{args.dataset} --name {name} "
+            f"--storage-path study/{args.dataset}/results --tracking-uri sqlite:///study/{args.dataset}/mlflow.db",
+            f"python benchmarks/study.py --dataset {args.dataset} --storage-path study/{args.dataset}/results "
+            f"--tracking-uri sqlite:///study/{args.dataset}/mlflow.db --wall-s SECONDS",
         ],
     }
     (out / "study.json").write_text(json.dumps(study, indent=2) + "\n")
     write_summary()
     print((OUT / "summary.md").read_text())
     return 0
+
+
+def write_budget(out: Path, dataset: str) -> None:
+    """``budget.csv``: at every evaluation, each variant's mean mIoU over seeds and its difference from DeepLabV3+'s
+    (learning curves: means only, the per-image counts that give intervals exist for the last evaluation only)."""
+    curves = json.loads((out / f"{dataset}_mIoU_learning_curves.json").read_text())
+    means = {
+        variant_name(c["label"]): dict(zip(c["iterations"], c["mean"], strict=True)) for c in curves["configurations"]
+    }
+    baseline = means.get(BASELINE, {})
+    rows = [["iteration", "variant", "mean_mIoU", "minus_deeplabv3plus"]]
+    for variant, curve in means.items():
+        for iteration, value in curve.items():
+            other = baseline.get(iteration)
+            rows.append([int(iteration), variant, round(value, 2), "" if other is None else round(value - other, 2)])
+    table = io.StringIO()
+    csv.writer(table).writerows(rows)
+    (out / "budget.csv").write_text(table.getvalue())
 
 
 def write_summary() -> None:
@@ -181,6 +208,45 @@ def write_summary() -> None:
             f"| {number(probability)} | {difference} | {number(ratio)} |"
         )
     (OUT / "summary.md").write_text("\n".join(lines) + "\n")
+    plot_summary(rows)
+
+
+def plot_summary(rows: list[list]) -> None:
+    """``summary.png``: one panel per data set, mIoU with its 95% interval against model GMACs, one colour per
+    variant, the marker's fill the front probability."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({row[0] for row in rows})
+    variants = sorted({row[1] for row in rows})
+    colours = dict(zip(variants, plt.get_cmap("tab10").colors, strict=False))
+    figure, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.8), squeeze=False)
+    for axis, dataset in zip(axes[0], datasets, strict=True):
+        for _, variant, _seeds, value, low, high, gmacs, probability, *_ in (r for r in rows if r[0] == dataset):
+            colour = colours[variant]
+            error = [[value - low], [high - value]] if low is not None else None
+            axis.errorbar(gmacs, value, yerr=error, fmt="none", ecolor=colour, capsize=4)
+            fill = colour if (probability or 0) >= 0.5 else "white"
+            axis.plot(
+                gmacs,
+                value,
+                "o",
+                color=colour,
+                markerfacecolor=fill,
+                markersize=8,
+                label=f"{variant} (P(front) {probability:.2f})" if probability is not None else variant,
+            )
+        axis.set_title(dataset)
+        axis.set_xlabel("model GMACs (MACs, ResNet-18)")
+        axis.set_ylabel("val mIoU (%), mean [95% CI]")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="lower right")
+    figure.suptitle("Decoder study on 2 CPU cores: ResNet-18 from scratch, short budgets (README)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(OUT / "summary.png", dpi=120)
+    plt.close(figure)
 
 
 if __name__ == "__main__":

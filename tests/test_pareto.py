@@ -473,6 +473,9 @@ def test_intervals_group_repeats_and_front_probability_is_certain_where_dominanc
         ids["best-s1"],
     }
     assert float(rows["key-best"]["front_probability"]) == 1.0
+    assert [rows[key]["still_rising"] for key in ("key-best", "key-worse")] == ["true", "false"]
+    (best_line,) = [line for line in printed.splitlines() if line.startswith("nrd/resnet18") and "1.00" in line]
+    assert best_line.split()[-1] == "yes"  # the front table's "still rising" column
     assert float(rows["key-worse"]["front_probability"]) == 0.0
     assert float(rows["key-worse"]["low"]) == float(rows["key-worse"]["high"]) == pytest.approx(100 / 3)
     assert rows["key-old"]["front_probability"] == "" and rows["key-old"]["low"] == ""

@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
         from pipeline.results.curves import learning_curves, write_learning_curves
 
         for name, front in fronts.items():
-            paths[name] += write_interval_reports(front, args.out.absolute())
             curves[name] = learning_curves(front)
+            paths[name] += write_interval_reports(front, args.out.absolute(), curves[name].rising())
             paths[name] += write_learning_curves(curves[name], args.out.absolute())
     logged_to = tagged = None
     if not args.no_tag:
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         if name in fronts:
             from pipeline.results.intervals import format_intervals
 
-            print(format_intervals(fronts[name]))
+            print(format_intervals(fronts[name], curves[name].rising()))
             print(f"plot: {paths[name][4]}\ncsv: {paths[name][2]}\njson: {paths[name][3]}\n")
             from pipeline.results.curves import format_convergence
 

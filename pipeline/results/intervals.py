@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,8 +148,9 @@ def interval_front(runs: DatasetRuns, resamples: int = RESAMPLES, seed: int = 0)
     return IntervalFront(runs, configurations, boot.resamples, note, boot)
 
 
-def format_intervals(front: IntervalFront) -> str:
-    """The configurations by front probability: seeds, cost, y [95% interval], P(front)."""
+def format_intervals(front: IntervalFront, rising: Collection[str] | None = None) -> str:
+    """The configurations by front probability: seeds, cost, y [95% interval], P(front), and whether each is still
+    rising at the end of its learning curve (a column when ``rising``, the keys of those that are, is given)."""
     runs = front.runs
     header = ["configuration", "seeds", runs.x, f"{runs.y} [95% CI]", "P(front)"]
     rows = [
@@ -161,12 +163,18 @@ def format_intervals(front: IntervalFront) -> str:
         ]
         for configuration in front.configurations
     ]
+    if rising is not None:
+        header.append("still rising")
+        for row, configuration in zip(rows, front.configurations, strict=True):
+            row.append("yes" if configuration.key in rising else "no")
     table = layout_table(header, rows, right_aligned={"seeds", runs.x, "P(front)"})
     return f"{runs.dataset}: {front.note}\n{table}"
 
 
-def write_interval_reports(front: IntervalFront, out_dir: Path) -> list[Path]:
-    """``<dataset>_<y>_vs_<x>_intervals.csv`` / ``.json`` / ``.png`` (whiskers, points shaded by probability)."""
+def write_interval_reports(front: IntervalFront, out_dir: Path, rising: Collection[str] | None = None) -> list[Path]:
+    """``<dataset>_<y>_vs_<x>_intervals.csv`` / ``.json`` / ``.png`` (whiskers, points shaded by probability). With
+    ``rising`` (the keys of the configurations still rising at the end of their learning curves), the CSV has a
+    ``still_rising`` column and the plot marks them."""
     from pipeline.results.uncertainty_plots import plot_front_uncertainty
 
     runs = front.runs
@@ -174,13 +182,16 @@ def write_interval_reports(front: IntervalFront, out_dir: Path) -> list[Path]:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     header = ["dataset", "config_key", "configuration", "seeds", "run_ids", runs.x, runs.y, "low", "high", "scheme"]
-    writer.writerow([*header, "front_probability"])
+    writer.writerow([*header, "front_probability", *(["still_rising"] if rising is not None else [])])
     for c in front.configurations:
         e = c.estimate
         run_ids = " ".join(point.run_id for point in c.runs)
         interval = ["" if e.low is None else e.low, "" if e.high is None else e.high, e.scheme]
         probability = "" if c.probability is None else c.probability
-        writer.writerow([runs.dataset, c.key, c.label, len(c.runs), run_ids, c.x, e.value, *interval, probability])
+        flag = [] if rising is None else [str(c.key in rising).lower()]
+        writer.writerow(
+            [runs.dataset, c.key, c.label, len(c.runs), run_ids, c.x, e.value, *interval, probability, *flag]
+        )
     paths = [stem.with_name(stem.name + suffix) for suffix in (".csv", ".json", ".png")]
     write_atomic(paths[0], text.getvalue().encode())
     write_atomic(paths[1], (json.dumps(front.to_dict(), indent=2) + "\n").encode())
@@ -192,6 +203,7 @@ def write_interval_reports(front: IntervalFront, out_dir: Path) -> list[Path]:
         runs.x,
         runs.y,
         labels={c.key: c.label for c in front.configurations},
+        rising=rising or (),
         title=f"{runs.dataset}: {runs.y} vs {runs.x} ({front.note})",
     )
     return paths
