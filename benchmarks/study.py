@@ -203,9 +203,10 @@ def write_summary() -> None:
     for row in rows:
         dataset, variant, seeds, value, low, high, gmacs, probability, diff, dlow, dhigh, ratio = row
         difference = f"{diff:+.2f} [{dlow:+.2f}, {dhigh:+.2f}]" if diff is not None and dlow is not None else ""
+        ratio_text = "" if ratio is None else f"{ratio:.3g}"
         lines.append(
             f"| {dataset} | {variant} | {seeds} | {number(value)} [{number(low)}, {number(high)}] | {number(gmacs)} "
-            f"| {number(probability)} | {difference} | {number(ratio)} |"
+            f"| {number(probability)} | {difference} | {ratio_text} |"
         )
     (OUT / "summary.md").write_text("\n".join(lines) + "\n")
     plot_summary(rows)
