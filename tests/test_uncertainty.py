@@ -247,6 +247,10 @@ def test_rising_and_flat_curves():
     assert short.slope_per_1k == pytest.approx(4.0) and short.rising
     assert rising_at_end([100, 200, 300], [20, 20.04, 20.08], threshold=0.5).rising is False  # 0.4 per 1k
     assert rising_at_end([1000], [30.0]).rising is None
+    # only the second half counts: a short curve's first jump, then a fall, is not "still rising"
+    jump = rising_at_end([40, 80, 120], [6.5, 27.4, 24.1])
+    assert jump.points == 2 and jump.slope_per_1k == pytest.approx(-82.5) and jump.rising is False
+    assert rising_at_end([0, 1000], [5.0, 30.0]).points == 1  # iteration 0 is in the first half: no verdict
     assert rising_at_end([1000, 2000], [30.0, 31.0], window=5).points == 2
     with pytest.raises(CurveInputError, match=r"\(2,\) iterations but \(1,\) values"):
         rising_at_end([1000, 2000], [30.0])

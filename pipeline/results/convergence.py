@@ -40,16 +40,20 @@ def rising_at_end(
     window: int = RISING_WINDOW,
     threshold: float = RISING_SLOPE_PER_1K,
 ) -> Convergence:
-    """Least-squares slope of the last ``window`` (default ``RISING_WINDOW`` = 3) evaluations of one run's curve,
-    in metric points per 1000 iterations, compared with ``threshold`` (default ``RISING_SLOPE_PER_1K`` = 0.5 mIoU
-    points per 1k iterations: a run still gaining that fast would score higher with a longer budget). A curve with
-    fewer evaluations uses all of them; non-finite values are left out."""
+    """Least-squares slope of the last ``window`` (default ``RISING_WINDOW`` = 3) evaluations of one run's curve
+    in the second half of its iterations (at or after half the last evaluation's iteration, so that a short curve's
+    first jump out of its initial state is not read as "still rising"), in metric points per 1000 iterations,
+    compared with ``threshold`` (default ``RISING_SLOPE_PER_1K`` = 0.5 mIoU points per 1k iterations: a run still
+    gaining that fast would score higher with a longer budget). Non-finite values are left out; fewer than 2
+    evaluations in the second half: no verdict (None)."""
     x, y = np.asarray(iterations, dtype=np.float64), np.asarray(values, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise CurveInputError(f"curve: {x.shape} iterations but {y.shape} values; expected equal 1-d")
     keep = np.isfinite(x) & np.isfinite(y)
     order = np.argsort(x[keep], kind="stable")
-    x, y = x[keep][order][-window:] / 1000.0, y[keep][order][-window:]
+    x, y = x[keep][order], y[keep][order]
+    late = x >= x[-1] / 2 if x.size else np.zeros(0, dtype=bool)
+    x, y = x[late][-window:] / 1000.0, y[late][-window:]
     if x.size < 2 or np.ptp(x) == 0:
         return Convergence(None, int(x.size), threshold, None)
     slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())

@@ -47,8 +47,8 @@ class LearningCurves:
         configurations = {c.key: c for c in self.front.configurations}
         return {
             "metric": self.front.runs.y,
-            "rising_rule": f"least-squares slope of the last {RISING_WINDOW} evaluations above "
-            f"{RISING_SLOPE_PER_1K} points per 1000 iterations",
+            "rising_rule": f"least-squares slope of the last {RISING_WINDOW} evaluations in the second half of the "
+            f"curve above {RISING_SLOPE_PER_1K} points per 1000 iterations",
             "ranking_at_last_evaluation": asdict(self.ranking),
             "configurations": [
                 {
@@ -121,7 +121,10 @@ def format_convergence(curves: LearningCurves) -> str:
         where = " (on the front in some resamples)" if key in on_front else ""
         lines.append(f"  still rising at the end: {labels[key]}{where}, {slope:+.1f} points per 1k iterations")
     if not rising:
-        lines.append(f"  none still rising (slope of the last {RISING_WINDOW} evaluations <= {RISING_SLOPE_PER_1K}/1k)")
+        lines.append(
+            f"  none still rising (slope of the last {RISING_WINDOW} evaluations in the second half "
+            f"<= {RISING_SLOPE_PER_1K}/1k)"
+        )
     ranking = curves.ranking
     if ranking.tau is not None:
         before, last = ranking.iterations
