@@ -393,7 +393,9 @@ def test_mlflow_outages_lose_no_metric_and_a_server_that_never_returns_ends_with
     driver.reader.join(timeout=10)
     if driver.process.returncode != 2:
         driver.fail(f"the driver exited with code {driver.process.returncode}, expected 2 (a named error)")
-    assert (run_dir / "FINISHED").is_file() and not driver.matches("Traceback")
+    # no traceback from nrd-bench itself; Ray's actors may log (and recover from) their own under CPU load, e.g.
+    # "(TrainController pid=N) Failed to send resource request ... safe to ignore", forwarded with their prefix
+    assert (run_dir / "FINISHED").is_file() and not driver.matches(r"^(?!.*\(\w+ pid=\d+\)).*Traceback")
     message = driver.matches(r"nrd-bench train: error: (.*)")[0][1]
     worker_buffer, driver_buffer = run_dir / "mlflow-buffer.jsonl", run_dir / "mlflow-driver-buffer.jsonl"
     replays = re.findall(r"nrd-bench replay ([^\s;]+)", message)
