@@ -10,7 +10,8 @@ Runs the documented commands on the finished sweep and keeps what they print and
 - ``nrd-bench compare``: each NRD variant minus DeepLabV3+ in mIoU with its paired interval and the decoder-MACs ratio
   (``compare.json``, ``compare.txt``);
 - ``per_class_iou.csv``: per configuration, each class's IoU (mean over seeds) from the runs' ``per_class_iou.csv``;
-- ``study.json``: the resolved space, the sweep, seeds, versions, git commit and the study's wall time.
+- ``study.json``: the resolved space, the sweep, versions, the commit each run was trained at and the one it was
+  published at, and the study's wall time.
 
 Then ``summary.csv``/``summary.md``/``summary.png`` across every data set published so far; ``budget.csv`` per data
 set holds each variant's mean mIoU minus DeepLabV3+'s at every evaluation. Usage (after ``nrd-bench tune``)::
@@ -96,9 +97,13 @@ def main() -> int:
 
     from mlflow import MlflowClient
 
+    from pipeline.names import COMMIT_TAG
+
     client = MlflowClient(uri)
-    rows, classes = [], None
+    rows, classes, commits = [], None, {}
     for variant, configuration in keys.items():
+        for run_id in configuration["run_ids"]:
+            commits[run_id] = client.get_run(run_id).data.tags.get(COMMIT_TAG)
         values: dict[str, list[float]] = {}
         for run_id in configuration["run_ids"]:
             path = client.download_artifacts(run_id, "per_class_iou.csv", str(out / ".download" / run_id))
@@ -127,7 +132,8 @@ def main() -> int:
         "sweep": {key: sweep[key] for key in ("name", "run_id") if key in sweep},
         "wall_s": args.wall_s,
         "resamples": args.resamples,
-        "git_commit": commit,
+        "published_at_commit": commit,
+        "trained_at_commits": commits,  # per run, its git_commit tag (a resumed sweep's later trials may differ)
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
