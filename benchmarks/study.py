@@ -118,7 +118,6 @@ def main() -> int:
     writer.writerows(rows)
     (out / "per_class_iou.csv").write_text(table.getvalue())
 
-    space = Path(sweep.get("space_file") or REPO / "tune_spaces" / f"{name}.yaml")
     shutil.copy(REPO / "tune_spaces" / f"{name}.yaml", out / f"{name}.yaml")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     import mlflow
@@ -127,9 +126,8 @@ def main() -> int:
 
     study = {
         "dataset": args.dataset,
-        "space": f"{name}.yaml",
-        "space_file_run": str(space),
-        "sweep": {key: sweep[key] for key in ("name", "run_id") if key in sweep},
+        "space": f"{name}.yaml",  # tune_spaces/ at the publishing commit; each run's resolved config.yaml is in MLflow
+        "sweep": {"name": name, "parent_run_id": parent},
         "wall_s": args.wall_s,
         "resamples": args.resamples,
         "published_at_commit": commit,
