@@ -87,6 +87,13 @@ class RunPoint:
     def on_front(self) -> bool:
         return self.rank == 0
 
+    @property
+    def label(self) -> str:
+        """decoder/encoder and the settings given (those logged "None" were left to the decoder's default)."""
+        settings = sorted(self.hyperparameters.items())
+        extra = ",".join(f"{name}={value}" for name, value in settings if value != "None")
+        return f"{self.decoder}/{self.encoder}" + (f" ({extra})" if extra else "")
+
     def to_dict(self) -> dict:
         keys = ("run_id", "run_name", "decoder", "encoder", "x", "y", "rank")
         return {key: getattr(self, key) for key in keys} | {"on_front": self.on_front}

@@ -50,10 +50,7 @@ class Configuration:
 
     @property
     def label(self) -> str:
-        first = self.runs[0]
-        settings = sorted(first.hyperparameters.items())  # "None": left to the decoder's default, not a setting
-        extra = ",".join(f"{name}={value}" for name, value in settings if value != "None")
-        return f"{first.decoder}/{first.encoder}" + (f" ({extra})" if extra else "")
+        return self.runs[0].label
 
     def to_dict(self) -> dict:
         return {

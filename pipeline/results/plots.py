@@ -121,9 +121,9 @@ def _marker_area(point: RunPoint) -> float:
 
 
 def _label_front(axes: Axes, runs: DatasetRuns) -> None:
-    """Label each front point with decoder/encoder (its run name when that pair is on the front twice), at the first
-    of LABEL_PLACES where the label stays inside the axes and clear of the markers and earlier labels; at the
-    first place when none is clear."""
+    """Label each front point with its configuration (decoder/encoder and the settings given; its run name when that
+    configuration is on the front twice), at the first of LABEL_PLACES where the label stays inside the axes and
+    clear of the markers and earlier labels; at the first place when none is clear."""
     renderer = axes.figure.canvas.get_renderer()
     inside = axes.get_window_extent(renderer)
     taken = []  # pixel boxes of every marker, then of the labels placed
@@ -131,7 +131,7 @@ def _label_front(axes: Axes, runs: DatasetRuns) -> None:
         radius = math.sqrt(_marker_area(point)) / 2 * axes.figure.dpi / 72  # marker sizes are in points
         taken.append(Bbox.from_extents(*(centre - radius), *(centre + radius)))
     front = runs.front
-    pairs = [f"{p.decoder}/{p.encoder}" for p in front]
+    pairs = [p.label for p in front]
     for point, pair in zip(front, pairs, strict=True):
         label = axes.annotate(
             point.run_name if pairs.count(pair) > 1 else pair,
