@@ -114,10 +114,11 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
-def markdown_rows(text: str) -> list[list[str]]:
-    """The body rows of the (single) Markdown table in ``text``, as stripped cells."""
+def markdown_rows(text: str) -> list[dict[str, str]]:
+    """The body rows of the (single) Markdown table in ``text``: header -> stripped cell."""
     lines = [line for line in text.splitlines() if line.startswith("|")]
-    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines[2:]]
+    header, *rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines[:1] + lines[2:]]
+    return [dict(zip(header, row, strict=True)) for row in rows]
 
 
 def test_best_run_per_decoder_and_encoder(store, tmp_path, capsys):
@@ -155,13 +156,15 @@ def test_best_run_per_decoder_and_encoder(store, tmp_path, capsys):
         assert len(cells) == len(rows)
         for row, item in zip(cells, rows, strict=True):
             metrics, tags = item["spec"]["metrics"], item["spec"]["tags"]
-            assert row[:2] == [tags["decoder"], tags["encoder"]]
-            assert row[2] == f"{final(metrics['mIoU']):.2f}"
-            assert row[3] == (f"{metrics['mIoU_msflip']:.2f}" if "mIoU_msflip" in metrics else "")
-            assert row[5] == (f"{metrics['mBIoU']:.2f}" if "mBIoU" in metrics else "")
-            assert row[8] == tags["eval_input"]
-            assert row[10] == (f"{metrics['latency_p50_ms']:.1f}" if "latency_p50_ms" in metrics else "")
-            assert row[12] == tags["git_commit"][:12] and row[13] == ids[item["spec"]["name"]]
+            assert [row["decoder"], row["encoder"]] == [tags["decoder"], tags["encoder"]]
+            assert row["mIoU"] == f"{final(metrics['mIoU']):.2f}" and row["seeds"] == "1"
+            assert row["95% low"] == row["95% high"] == ""  # no per-image counts: no interval, never a made-up one
+            assert row["mIoU ms+flip"] == (f"{metrics['mIoU_msflip']:.2f}" if "mIoU_msflip" in metrics else "")
+            assert row["mBIoU"] == (f"{metrics['mBIoU']:.2f}" if "mBIoU" in metrics else "")
+            assert row["input (NxCxHxW)"] == tags["eval_input"]
+            latency = f"{metrics['latency_p50_ms']:.1f}" if "latency_p50_ms" in metrics else ""
+            assert row["latency p50 (ms)"] == latency
+            assert row["commit"] == tags["git_commit"][:12] and row["run id"] == ids[item["spec"]["name"]]
     assert stdout == "\n".join(sections)  # the tables printed are the tables written
 
     camvid = {(row["decoder"], row["encoder"]): row for row in read_csv(out / "report_camvid.csv")}
@@ -204,3 +207,53 @@ def test_unknown_or_empty_experiment_is_named(store, tmp_path, capsys):
     assert main(["report", "--experiment", "empty", "--tracking-uri", uri, "--out", str(tmp_path)]) == 2
     assert "no finished training run" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_repeats_give_the_mean_over_seeds_with_its_interval_and_the_steadiest_configuration_wins(tmp_path, capsys):
+    """Two configurations of nrd/resnet18, two seeds each, with per-image counts: ``lucky`` has the best single run
+    (a perfect seed and a hopeless one, mean 50) and ``steady`` the best mean (two seeds near 67). The row is
+    ``steady``'s, with its mean over seeds, the interval the bootstrap gives for the same evidence, and 2 seeds; a
+    run without counts or a key is a configuration of its own and gets no interval."""
+    from nrd.evidence import IMAGE_COUNTS_FILE, ImageCounts, write_image_counts
+    from pipeline.names import CONFIG_KEY_TAG
+    from pipeline.results.uncertainty import bootstrap
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("repeats", artifact_location=str(tmp_path / "artifacts"))
+    images = [f"frame{i}" for i in range(8)]
+    perfect, hopeless, third = [[10, 0, 0]] * 2, [[0, 5, 5]] * 2, [[5, 5, 5]] * 2
+    runs = {  # name: (config key, per-image counts)
+        "lucky-s0": ("key-lucky", [perfect] * 8),
+        "lucky-s1": ("key-lucky", [hopeless] * 8),
+        "steady-s0": ("key-steady", [perfect, third] * 4),
+        "steady-s1": ("key-steady", [perfect] * 3 + [third] * 5),
+    }
+    evidence: dict[str, list[ImageCounts]] = {}
+    for name, (key, counts) in runs.items():
+        tags = {"dataset": "camvid", "decoder": "nrd", "encoder": "resnet18", CONFIG_KEY_TAG: key}
+        run_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
+        image_counts = ImageCounts(images, ("road", "sky"), counts, 255)
+        evidence.setdefault(key, []).append(image_counts)
+        client.log_metric(run_id, "mIoU", float(image_counts.scores()["mIoU"]))
+        write_image_counts(tmp_path / name / IMAGE_COUNTS_FILE, image_counts)
+        client.log_artifact(run_id, str(tmp_path / name / IMAGE_COUNTS_FILE))
+        client.set_terminated(run_id, "FINISHED")
+    plain = client.create_run(experiment_id, run_name="bilinear", tags={"dataset": "camvid", "decoder": "bilinear"})
+    client.log_metric(plain.info.run_id, "mIoU", 20.0)
+    client.set_terminated(plain.info.run_id, "FINISHED")
+
+    out = tmp_path / "out"
+    assert main(["report", "--experiment", "repeats", "--tracking-uri", uri, "--out", str(out)]) == 0
+    rows = {row["decoder"]: row for row in read_csv(out / "report_camvid.csv")}
+    expected = bootstrap(evidence | {f"run-{plain.info.run_id}": []}, ("mIoU",), logged=None).estimates["key-steady"]
+    steady = rows["nrd"]
+    assert steady["run_name"] == "steady-s0" and steady["seeds"] == "2" and steady["competing_runs"] == "4"
+    assert float(steady["mIoU"]) == pytest.approx(expected["mIoU"].value)
+    assert float(steady["mIoU_low"]) == pytest.approx(expected["mIoU"].low)
+    assert float(steady["mIoU_high"]) == pytest.approx(expected["mIoU"].high)
+    assert float(steady["mIoU_low"]) < float(steady["mIoU"]) < float(steady["mIoU_high"])
+    assert rows["bilinear"]["seeds"] == "1" and rows["bilinear"]["mIoU_low"] == rows["bilinear"]["mIoU_high"] == ""
+    (cells,) = [row for row in markdown_rows((out / "report_camvid.md").read_text()) if row["decoder"] == "nrd"]
+    assert cells["seeds"] == "2" and cells["95% low"] == f"{expected['mIoU'].low:.2f}"
+    assert "percentile bootstrap, 2000 resamples over validation images and seeds" in capsys.readouterr().out

@@ -110,32 +110,41 @@ def read_evidence(client: MlflowClient, run_id: str, folder: Path) -> ImageCount
         return None
 
 
-def interval_front(runs: DatasetRuns, resamples: int = RESAMPLES, seed: int = 0) -> IntervalFront:
-    """Group ``runs.points`` into configurations and bootstrap them (module docstring)."""
-    uri = runs.scope.tracking_uri
-    with mlflow_call(uri):
-        client = MlflowClient(uri)
-        tags = {point.run_id: client.get_run(point.run_id).data.tags for point in runs.points}
+def estimate_configurations(
+    tracking_uri: str, points: list[RunPoint], y: str, resamples: int = RESAMPLES, seed: int = 0
+) -> tuple[dict[str, list[RunPoint]], Bootstrap, str]:
+    """Group ``points`` into configurations by their ``config_key`` tags and bootstrap ``y`` for each from the
+    runs' per-image counts (one image draw shared by all). Returns the groups (key -> repeats, in the order
+    given), the bootstrap and a note on how the intervals were obtained, or why there are none."""
+    with mlflow_call(tracking_uri):
+        client = MlflowClient(tracking_uri)
+        tags = {point.run_id: client.get_run(point.run_id).data.tags for point in points}
         groups: dict[str, list[RunPoint]] = {}
-        for point in runs.points:
+        for point in points:
             groups.setdefault(config_key(point, tags[point.run_id]), []).append(point)
         evidence: dict[str, list[ImageCounts]] = {}
         with tempfile.TemporaryDirectory() as folder:
-            for key, points in groups.items():
-                parts = [read_evidence(client, point.run_id, Path(folder)) for point in points]
+            for key, repeats in groups.items():
+                parts = [read_evidence(client, point.run_id, Path(folder)) for point in repeats]
                 evidence[key] = [] if any(part is None for part in parts) else parts
-    logged = {key: {runs.y: [point.y for point in points]} for key, points in groups.items()}
+    logged = {key: {y: [point.y for point in repeats]} for key, repeats in groups.items()}
     note = f"percentile bootstrap, {resamples} resamples over validation images and seeds, 95% intervals"
-    if runs.y not in Y_METRICS:
+    if y not in Y_METRICS:
         evidence = {key: [] for key in groups}
-        note = f"no interval: {runs.y} cannot be recomputed from per-image counts"
+        note = f"no interval: {y} cannot be recomputed from per-image counts"
     elif not any(evidence.values()):
         note = "no interval: no run kept per-image counts (image_counts.npz)"
     try:
-        boot = bootstrap(evidence, (runs.y,), resamples, seed, logged=logged)
+        boot = bootstrap(evidence, (y,), resamples, seed, logged=logged)
     except UncertaintyInputError as error:  # e.g. runs validated on different images
         note = f"no interval: {error}"
-        boot = bootstrap({key: [] for key in groups}, (runs.y,), resamples, seed, logged=logged)
+        boot = bootstrap({key: [] for key in groups}, (y,), resamples, seed, logged=logged)
+    return groups, boot, note
+
+
+def interval_front(runs: DatasetRuns, resamples: int = RESAMPLES, seed: int = 0) -> IntervalFront:
+    """Group ``runs.points`` into configurations and bootstrap them (module docstring)."""
+    groups, boot, note = estimate_configurations(runs.scope.tracking_uri, runs.points, runs.y, resamples, seed)
     costs = {key: points[0].x for key, points in groups.items()}
     probabilities = front_probability(boot, costs, runs.y)
     configurations = [

@@ -1,12 +1,18 @@
-"""Results tables: the best finished run per decoder × encoder, per data set, read from MLflow.
+"""Results tables: the best configuration per decoder × encoder, per data set, read from MLflow, with the mean
+over its seeds and a 95% interval.
 
 Selection (also written beside the tables as JSON, see ``criteria``): the runs are those of the run catalogue
 (``pipeline.results.catalogue``: the experiment's training runs; sweep/pareto bookkeeping runs and runs with child
 runs left out), grouped by their ``dataset`` tag, then by their ``decoder`` and ``encoder`` tags. Only FINISHED runs
-that have the ranking metric (``mIoU``, the last value logged: the final evaluation) compete; the highest wins, ties
-going to the run name, then the run id, in alphabetical order. Each winner is one row: its accuracy and cost metrics
-(empty where the run lacks one), the input size its cost was counted at (``eval_input`` tag), the device it trained
-and was timed on, the commit it ran, its run id, and how many runs competed.
+that have the ranking metric (``mIoU``, the last value logged: the final evaluation) compete. Runs with equal
+``config_key`` tags are repeats of one configuration (they differ only in seed); a run without the tag is a
+configuration of its own. Per pair the configuration with the highest mean ranking metric over its repeats wins
+(never the luckiest seed), ties going to its first run name, then its key. Each winner is one row: the mean mIoU
+over its seeds with a percentile-bootstrap interval over validation images and seeds
+(``pipeline.results.intervals``; empty where its runs kept no per-image counts), the number of seeds, the other
+accuracy metrics as means over the repeats that logged them, and from its best run (highest mIoU, then run name):
+the cost metrics, the input size its cost was counted at (``eval_input`` tag), the device it trained and was timed
+on, the commit it ran and its run id; and how many runs of the pair competed.
 
 Per data set ``report_<dataset>.csv`` (full-precision values) and ``report_<dataset>.md`` (rounded), and one
 ``report_criteria.json``, all written atomically.
@@ -25,12 +31,15 @@ from mlflow import MlflowClient
 from pipeline.files import write_atomic
 from pipeline.names import COMMIT_TAG, DEVICE_TAG, EVAL_INPUT_TAG, MIOU, MIOU_MSFLIP
 from pipeline.results.catalogue import RunPoint, Scope, read_catalogue, run_point, slug
+from pipeline.results.intervals import estimate_configurations
+from pipeline.results.uncertainty import RESAMPLES, Estimate
 from pipeline.training.tracking import mlflow_call
 
 RANK_METRIC = MIOU
 # The ms+flip evaluation's metric: logged by runs with data.eval_msflip, the column stays empty for the others.
 MSFLIP_METRIC = MIOU_MSFLIP
 COMMIT_CHARS = 12  # of the commit hash in the Markdown table (the CSV has it whole)
+MEAN_COLUMNS = ("mIoU_msflip", "trimap_mIoU_4px", "mBIoU")  # accuracy: the mean over the repeats that logged it
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,9 @@ COLUMNS = (
     Column("decoder", "decoder"),
     Column("encoder", "encoder"),
     Column("mIoU", "mIoU", metric=RANK_METRIC, digits=2),
+    Column("mIoU_low", "95% low", digits=2),
+    Column("mIoU_high", "95% high", digits=2),
+    Column("seeds", "seeds"),
     Column("mIoU_msflip", "mIoU ms+flip", metric=MSFLIP_METRIC, digits=2),
     Column("trimap_mIoU_4px", "trimap mIoU 4px", metric="trimap_mIoU_4px", digits=2),
     Column("mBIoU", "mBIoU", metric="mBIoU", digits=2),
@@ -69,8 +81,11 @@ SELECTION_SOURCES = {  # where the columns without a metric or tag come from
     "dataset": "tag dataset",
     "decoder": "tag decoder, else param model.decoder",
     "encoder": "tag encoder, else param model.encoder",
-    "run_id": "the run's id",
-    "run_name": "the run's name",
+    "mIoU_low": "95% percentile bootstrap over validation images and seeds (empty: no per-image counts)",
+    "mIoU_high": "95% percentile bootstrap over validation images and seeds (empty: no per-image counts)",
+    "seeds": "finished runs of the configuration (equal config_key tags) with the ranking metric",
+    "run_id": "the configuration's best run",
+    "run_name": "the configuration's best run",
     "competing_runs": "finished runs of the decoder x encoder pair with the ranking metric",
 }
 
@@ -78,67 +93,101 @@ SELECTION_SOURCES = {  # where the columns without a metric or tag come from
 @dataclass
 class DatasetReport:
     """The rows of one data set (column name → value, None where missing; sorted by decoder then encoder), the
-    finished runs lacking the ranking metric, and the runs that are not finished (neither competes)."""
+    finished runs lacking the ranking metric, the runs that are not finished (neither competes), and how the
+    intervals were obtained (or why there are none)."""
 
     dataset: str
     rows: list[dict[str, object]]
     lacking: list[RunPoint] = field(default_factory=list)
     unfinished: list[RunPoint] = field(default_factory=list)
+    intervals: str = ""
 
     @property
     def finished_runs(self) -> int:
         return sum(row["competing_runs"] for row in self.rows) + len(self.lacking)
 
 
-def best_points(points: list[RunPoint]) -> list[tuple[RunPoint, int]]:
-    """The winning run of each (decoder, encoder) pair of a data set with the number of runs that competed, sorted
-    by decoder then encoder. The runs compete on ``y`` (the ranking metric, which every point has)."""
-    pairs: dict[tuple[str, str], list[RunPoint]] = {}
-    for point in points:
-        pairs.setdefault((point.decoder, point.encoder), []).append(point)
+def best_run(points: list[RunPoint]) -> RunPoint:
+    """The highest ``y``, ties going to the run name, then the run id."""
+    return sorted(points, key=lambda point: (-point.y, point.run_name, point.run_id))[0]
+
+
+def best_configurations(
+    groups: dict[str, list[RunPoint]], estimates: dict[str, Estimate]
+) -> list[tuple[str, list[RunPoint], int]]:
+    """The winning configuration of each (decoder, encoder) pair as (key, repeats, runs that competed), sorted by
+    decoder then encoder: the highest mean (``estimates[key].value``), ties going to the configuration's first run
+    name, then its key."""
+    pairs: dict[tuple[str, str], list[str]] = {}
+    for key, repeats in groups.items():
+        pairs.setdefault((repeats[0].decoder, repeats[0].encoder), []).append(key)
+
+    def order(key: str) -> tuple:
+        return (-estimates[key].value, min(point.run_name for point in groups[key]), key)
+
     winners = []
     for pair in sorted(pairs):
-        candidates = sorted(pairs[pair], key=lambda point: (-point.y, point.run_name, point.run_id))
-        winners.append((candidates[0], len(candidates)))
+        key = sorted(pairs[pair], key=order)[0]
+        winners.append((key, groups[key], sum(len(groups[other]) for other in pairs[pair])))
     return winners
 
 
+def _mean(values: list[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return sum(present) / len(present) if present else None
+
+
 def collect_report(
-    tracking_uri: str, experiment: str | None = None, dataset: str | None = None
+    tracking_uri: str,
+    experiment: str | None = None,
+    dataset: str | None = None,
+    resamples: int = RESAMPLES,
 ) -> tuple[Scope, dict[str, DatasetReport]]:
     """Read the finished runs of ``experiment`` (default nrd-bench), only those of ``dataset`` when given, and
-    build each data set's rows (the selection rules are in the module docstring). The errors of ``collect_runs``
-    (unknown experiment or data set, nothing finished, no run with mIoU) pass through."""
+    build each data set's rows (the selection rules are in the module docstring; ``resamples`` for the
+    intervals). The errors of ``collect_runs`` (unknown experiment or data set, nothing finished, no run with
+    mIoU) pass through."""
     catalogue = read_catalogue(tracking_uri, experiment, dataset=dataset)
     catalogue.require_metric(RANK_METRIC, "ranking metric (no finished run has it)")
     reports = {}
-    with mlflow_call(tracking_uri):
-        client = MlflowClient(tracking_uri)
-        for name in catalogue.datasets():
-            runs = catalogue.of_dataset(name)
-            points = [run_point(run, None, RANK_METRIC) for run in runs if run.info.status == "FINISHED"]
-            ranked = [point for point in points if point.y is not None]
-            lacking = [point for point in points if point.y is None]
-            unfinished = [run_point(run, None, RANK_METRIC) for run in runs if run.info.status != "FINISHED"]
-            rows = []
-            for point, competing in best_points(ranked):
-                data = client.get_run(point.run_id).data
+    for name in catalogue.datasets():
+        runs = catalogue.of_dataset(name)
+        points = [run_point(run, None, RANK_METRIC) for run in runs if run.info.status == "FINISHED"]
+        ranked = [point for point in points if point.y is not None]
+        lacking = [point for point in points if point.y is None]
+        unfinished = [run_point(run, None, RANK_METRIC) for run in runs if run.info.status != "FINISHED"]
+        groups, boot, note = estimate_configurations(tracking_uri, ranked, RANK_METRIC, resamples)
+        estimates = {key: boot.estimates[key][RANK_METRIC] for key in groups}
+        rows = []
+        with mlflow_call(tracking_uri):
+            client = MlflowClient(tracking_uri)
+            for key, repeats, competing in best_configurations(groups, estimates):
+                best = best_run(repeats)
+                data = {point.run_id: client.get_run(point.run_id).data for point in repeats}
                 row: dict[str, object] = {}
                 for column in COLUMNS:
                     if column.metric:
-                        row[column.name] = data.metrics.get(column.metric)
+                        row[column.name] = data[best.run_id].metrics.get(column.metric)
                     elif column.tag:
-                        row[column.name] = data.tags.get(column.tag)
+                        row[column.name] = data[best.run_id].tags.get(column.tag)
+                for column in COLUMNS:
+                    if column.name in MEAN_COLUMNS:
+                        row[column.name] = _mean([data[point.run_id].metrics.get(column.metric) for point in repeats])
+                estimate = estimates[key]
                 row |= {
                     "dataset": name,
-                    "decoder": point.decoder,
-                    "encoder": point.encoder,
-                    "run_id": point.run_id,
-                    "run_name": point.run_name,
+                    "decoder": best.decoder,
+                    "encoder": best.encoder,
+                    "mIoU": estimate.value,
+                    "mIoU_low": estimate.low,
+                    "mIoU_high": estimate.high,
+                    "seeds": len(repeats),
+                    "run_id": best.run_id,
+                    "run_name": best.run_name,
                     "competing_runs": competing,
                 }
                 rows.append(row)
-            reports[name] = DatasetReport(name, rows, lacking, unfinished)
+        reports[name] = DatasetReport(name, rows, lacking, unfinished, note)
     return catalogue.scope, reports
 
 
@@ -154,7 +203,7 @@ def to_csv(report: DatasetReport) -> str:
 
 
 def _is_number(column: Column) -> bool:
-    return column.digits is not None or column.name == "competing_runs"
+    return column.digits is not None or column.name in ("competing_runs", "seeds")
 
 
 def _cell(column: Column, value: object) -> str:
@@ -174,8 +223,10 @@ def to_markdown(report: DatasetReport, scope: Scope) -> str:
     lines = [
         f"## {report.dataset}",
         "",
-        f"Best of {report.finished_runs} finished run(s) per decoder x encoder by val {RANK_METRIC} (%), from {scope}. "
-        "Accuracy in percent; GMACs (MACs; FLOPs = 2 x MACs) and latency at the input size in the input column.",
+        f"Best configuration per decoder x encoder by mean val {RANK_METRIC} (%) over its seeds, of "
+        f"{report.finished_runs} finished run(s), from {scope}. Intervals: {report.intervals}. Accuracy in percent "
+        "(means over the seeds); GMACs (MACs; FLOPs = 2 x MACs) and latency of the configuration's best run, at the "
+        "input size in the input column.",
         "",
         "| " + " | ".join(column.header for column in columns) + " |",
         "|" + "|".join("---:" if _is_number(column) else "---" for column in columns) + "|",
@@ -218,17 +269,20 @@ def criteria(scope: Scope, reports: dict[str, DatasetReport], out: Path, dataset
         "with child runs left out",
         "status": "FINISHED",
         "group_by": ["tag dataset", "tag decoder", "tag encoder"],
+        "repeats": "runs with equal config_key tags (a run without the tag is a configuration of its own)",
         "rank_by": {
             "metric": RANK_METRIC,
-            "value": "last logged",
+            "value": "mean over the configuration's repeats of the last logged value",
             "order": "highest first",
-            "ties": "run name, then run id, alphabetical",
+            "ties": "the configuration's first run name, then its config_key, alphabetical",
         },
+        "best_run": "highest last-logged mIoU of the configuration, ties by run name then run id",
         "missing_values": "empty cells",
         "columns": {column.name: _source(column) for column in COLUMNS},
         "datasets": {
             name: {
                 "finished_runs": report.finished_runs,
+                "intervals": report.intervals,
                 "rows": len(report.rows),
                 "lacking_rank_metric": [point.run_id for point in report.lacking],
                 "not_finished": [{"run_id": point.run_id, "status": point.status} for point in report.unfinished],
