@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -109,11 +109,29 @@ def measure_cost(model: SegmentationModel, input_shape: tuple[int, int, int, int
     )
 
 
+def quantile_interval(
+    timings: Sequence[float], quantile: float = 0.5, resamples: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval of the ``quantile`` of repeated timings: the timings are drawn with
+    replacement ``resamples`` times and the quantile taken of each draw. It covers the timing noise of that machine
+    in that session (the timings treated as exchangeable), not machine-to-machine variation. None for fewer than 2
+    timings."""
+    values = np.asarray(timings, dtype=np.float64)
+    if values.size < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    drawn = np.quantile(values[rng.integers(0, values.size, size=(resamples, values.size))], quantile, axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(drawn, [tail, 1 - tail])
+    return float(low), float(high)
+
+
 def time_call(
     fn: Callable[[], object], device: torch.device | str = "cpu", warmup: int = 2, repeats: int = 10
-) -> dict[str, float]:
-    """Wall time of ``fn()`` in milliseconds: ``warmup`` untimed calls, then p50/p90/mean over ``repeats`` calls.
-    On CUDA the device is synchronised before each clock read."""
+) -> dict[str, object]:
+    """Wall time of ``fn()`` in milliseconds: ``warmup`` untimed calls, then over ``repeats`` calls the p50 with
+    its 95% bootstrap interval (``p50_low``, ``p50_high``; None with one call), p90 and mean, and the timings
+    themselves (``times``). On CUDA the device is synchronised before each clock read."""
     device = torch.device(device)
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
     for _ in range(warmup):
@@ -126,7 +144,16 @@ def time_call(
         synchronize(device)
         times.append((time.perf_counter() - start) * 1e3)
     p50, p90 = np.percentile(times, [50, 90])
-    return {"p50": float(p50), "p90": float(p90), "mean": float(np.mean(times)), "repeats": repeats}
+    low, high = quantile_interval(times) or (None, None)
+    return {
+        "p50": float(p50),
+        "p50_low": low,
+        "p50_high": high,
+        "p90": float(p90),
+        "mean": float(np.mean(times)),
+        "repeats": repeats,
+        "times": times,
+    }
 
 
 def measure_latency(

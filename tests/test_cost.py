@@ -4,12 +4,22 @@ and the `nrd-bench cost` command."""
 from __future__ import annotations
 
 import json
+import re
 
+import numpy as np
 import pytest
 import torch
 
 from nrd import create_model
-from nrd.cost import LEVELS, count_macs, count_params, measure_cost, measure_latency, time_call
+from nrd.cost import (
+    LEVELS,
+    count_macs,
+    count_params,
+    measure_cost,
+    measure_latency,
+    quantile_interval,
+    time_call,
+)
 from pipeline.commands.cli import main
 
 
@@ -129,6 +139,18 @@ def test_time_call_reports_percentiles_of_what_it_timed():
     calls = []
     figures = time_call(lambda: calls.append(1), warmup=2, repeats=5)
     assert len(calls) == 7 and figures["p50"] <= figures["p90"]
+    times = figures["times"]
+    assert len(times) == 5 and figures["p50"] == float(np.median(times))
+    assert min(times) <= figures["p50_low"] <= figures["p50"] <= figures["p50_high"] <= max(times)
+    assert time_call(lambda: None, warmup=0, repeats=1)["p50_low"] is None  # one timing: no interval
+
+
+def test_quantile_interval_by_hand():
+    # two timings: each draw is (a, a), (a, b), (b, a) or (b, b), medians a, (a+b)/2, (a+b)/2, b; the 95% interval
+    # of 2000 such medians spans from a to b
+    assert quantile_interval([10.0, 20.0], resamples=2000) == (10.0, 20.0)
+    assert quantile_interval([5.0] * 4) == (5.0, 5.0)
+    assert quantile_interval([5.0]) is None
 
 
 def test_cost_command_json(capsys):
@@ -181,6 +203,8 @@ def test_cost_command_table_with_latency_and_decoder_args(capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "input 1x3x64x64" in out and "GMACs" in out and "p50 (ms)" in out and "counter:" in out
+    assert "p50 95% CI" in out and "2 timed runs per level after 0 untimed" in out
+    assert re.search(r"^model .*\[\d+\.\d, \d+\.\d\]", out, flags=re.M)
 
 
 @pytest.mark.parametrize(
@@ -189,6 +213,10 @@ def test_cost_command_table_with_latency_and_decoder_args(capsys):
         (["--decoder", "nrdd"], "unknown decoder 'nrdd'"),
         (["--decoder-arg", "patch_factor=12"], "patch_factor=12 is invalid"),
         (["--decoder-arg", "dyn=4"], "unknown argument of decoder 'nrd' 'dyn'"),
+        (["--latency", "--repeats", "0"], "--repeats=0 is invalid; expected a positive integer"),
+        (["--latency", "--warmup", "-1"], "--warmup=-1 is invalid; expected an integer >= 0"),
+        (["--latency", "--device", "tpu"], "--device='tpu' is invalid; expected cpu, cuda or cuda:N"),
+        (["--latency", "--device", "cuda:x"], "--device='cuda:x' is invalid; expected cpu, cuda or cuda:N"),
     ],
 )
 def test_cost_command_errors(capsys, args, message):
@@ -200,3 +228,11 @@ def test_cost_command_rejects_a_bad_size(capsys):
     with pytest.raises(SystemExit):
         main(["cost", "--input", "64by64"])
     assert "not a size HxW" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cost_command_names_a_missing_gpu(capsys):
+    assert main(["cost", "--encoder", "resnet18", "--input", "64x64", "--latency", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--device='cuda' is invalid; expected a GPU of this machine, which has 0 CUDA device(s)" in err
+    assert "Traceback" not in err

@@ -126,6 +126,8 @@ def test_two_workers_train_and_leave_a_complete_mlflow_record(two_worker_run, sh
     levels = ("encoder", "context", "decoder", "head", "model")
     for key in ("params_m", "latency_p50_ms", "images_per_s", "lr", "mBIoU", *(f"gmacs_{level}" for level in levels)):
         assert key in run.data.metrics, key
+    metrics = run.data.metrics
+    assert metrics["latency_p50_low_ms"] <= metrics["latency_p50_ms"] <= metrics["latency_p50_high_ms"]
 
     # Every val image counted once: the confusion matrices of the two workers add up to the whole split, which an
     # evaluation of the logged weights in this process reproduces

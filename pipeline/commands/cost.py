@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
+
 from nrd import DECODERS, ENCODERS, create_model
 from nrd.cost import LEVELS, measure_cost, measure_latency
 from nrd.errors import InvalidHyperparameterError
@@ -57,9 +59,30 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
+def check_device(name: str) -> None:
+    """``name`` is ``cpu``, or ``cuda``/``cuda:N`` with that GPU present on this machine."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise InvalidHyperparameterError("nrd-bench cost", "--device", name, "cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise InvalidHyperparameterError(
+                "nrd-bench cost", "--device", name, f"a GPU of this machine, which has {count} CUDA device(s)"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InvalidHyperparameterError("nrd-bench cost", "--batch-size", args.batch_size, "a positive integer")
+    if args.repeats < 1:
+        raise InvalidHyperparameterError("nrd-bench cost", "--repeats", args.repeats, "a positive integer")
+    if args.warmup < 0:
+        raise InvalidHyperparameterError("nrd-bench cost", "--warmup", args.warmup, "an integer >= 0")
+    check_device(args.device)
     model = create_model(
         args.decoder,
         args.encoder,
@@ -74,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.latency:
         result["latency_ms"] = measure_latency(model, shape, LEVELS, args.device, args.warmup, args.repeats)
         result["latency_device"] = args.device
+        result["latency_warmup"] = args.warmup
     result["model"] = {
         "decoder": args.decoder,
         "encoder": args.encoder,
@@ -101,14 +125,20 @@ def format_table(result: dict) -> str:
     latency = result.get("latency_ms", {})
     header = f"{'level':<9}{'params (M)':>12}{'GMACs':>12}{'GFLOPs':>12}"
     if latency:
-        header += f"{'p50 (ms)':>12}{'p90 (ms)':>12}"
+        header += f"{'p50 (ms)':>12}{'p50 95% CI':>18}{'p90 (ms)':>12}"
     lines += [header, "-" * len(header)]
     for level in LEVELS:
         row = f"{level:<9}{result['params_m'][level]:>12.3f}"
         row += f"{result['gmacs'][level]:>12.2f}{result['gflops'][level]:>12.2f}"
         if latency:
-            row += f"{latency[level]['p50']:>12.1f}{latency[level]['p90']:>12.1f}"
+            timed = latency[level]
+            interval = "-" if timed["p50_low"] is None else f"[{timed['p50_low']:.1f}, {timed['p50_high']:.1f}]"
+            row += f"{timed['p50']:>12.1f}{interval:>18}{timed['p90']:>12.1f}"
         lines.append(row)
     if latency:
-        lines.append(f"latency on {result['latency_device']}, {latency['model']['repeats']} timed runs per level")
+        lines.append(
+            f"latency on {result['latency_device']}, {latency['model']['repeats']} timed runs per level after "
+            f"{result['latency_warmup']} untimed; p50 interval: 95% percentile bootstrap over the timed runs (this "
+            "machine's timing noise, not machine-to-machine variation)"
+        )
     return "\n".join(lines)

@@ -70,6 +70,8 @@ COLUMNS = (
     Column("eval_input", "input (NxCxHxW)", tag=EVAL_INPUT_TAG),
     Column("params_m", "params (M)", metric="params_m", digits=2),
     Column("latency_p50_ms", "latency p50 (ms)", metric="latency_p50_ms", digits=1),
+    Column("latency_p50_low_ms", "p50 95% low", metric="latency_p50_low_ms", digits=1),
+    Column("latency_p50_high_ms", "p50 95% high", metric="latency_p50_high_ms", digits=1),
     Column("device", "device", tag=DEVICE_TAG),
     Column("commit", "commit", tag=COMMIT_TAG),
     Column("run_id", "run id"),

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nrd.cost import quantile_interval
 from nrd.errors import NRDBenchError, UnknownNameError
 from nrd.evidence import ImageCounts
 from nrd.metrics import scores_from_counts
@@ -348,7 +349,5 @@ def latency_interval(
     value = float(np.quantile(timings, quantile))
     if timings.size < 2:
         return Estimate(value, note="one timing")
-    rng = np.random.default_rng(seed)
-    drawn = timings[rng.integers(0, timings.size, size=(resamples, timings.size))]
-    low, high = _quantiles(np.quantile(drawn, quantile, axis=1), confidence)
+    low, high = quantile_interval(timings, quantile, resamples, seed, confidence)
     return Estimate(value, low, high, TIMINGS, resamples, confidence)

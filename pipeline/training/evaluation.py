@@ -29,6 +29,8 @@ from pipeline.names import (
 from pipeline.training.pictures import prediction_figure
 from pipeline.training.sessions import unwrap
 
+LATENCY_REPEATS = 10  # timed forward passes of the trained model at the evaluation size (after one untimed)
+
 
 def evaluate(
     model,
@@ -110,9 +112,11 @@ def finish(
     weights. Returns the cost metrics, which also go into the final report (multi-objective searches need them)."""
     network = unwrap(model)
     shape = eval_shape(examples, config)
-    latency = measure_latency(network, shape, levels=("model",), device=device, warmup=1, repeats=5)
+    latency = measure_latency(network, shape, levels=("model",), device=device, warmup=1, repeats=LATENCY_REPEATS)
     network.train()
-    cost = static_cost(network, shape) | {"latency_p50_ms": latency["model"]["p50"]}
+    timed = latency["model"]
+    cost = static_cost(network, shape) | {"latency_p50_ms": timed["p50"]}
+    cost |= {"latency_p50_low_ms": timed["p50_low"], "latency_p50_high_ms": timed["p50_high"]}  # 95%, over timings
     logger.log_metrics(cost, config.schedule.iterations)
     logger.set_tags({EVAL_INPUT_TAG: "x".join(map(str, shape)), COST_CONVENTION_TAG: "MACs (FLOPs = 2 x MACs)"})
     rows = io.StringIO()
