@@ -328,6 +328,25 @@ def test_missing_manifest_and_gpu_requests_are_named(local_ray, tmp_path, shards
     assert main(train_args(shards, tmp_path, "--gpus-per-worker", "1")) == 2
     err = capsys.readouterr().err
     assert "asks for 1 GPUs" in err and "the Ray cluster has 0" in err
+    # CPUs Ray cannot give would leave the run waiting forever: a worker larger than any node, or workers that
+    # leave Ray Data's tasks no CPU
+    cpus = local_ray_cpus()
+    assert main(train_args(shards, tmp_path, "--cpus-per-worker", f"{cpus + 2:g}")) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"cpus_per_worker={cpus + 2:g} (--cpus-per-worker) but the largest node of the Ray cluster has {cpus:g}" in err
+    )
+    assert main(train_args(shards, tmp_path, "--workers", "2", "--cpus-per-worker", f"{cpus / 2:g}")) == 2
+    err = capsys.readouterr().err
+    assert f"asks for {cpus + 0.5:g} CPUs (2 workers x {cpus / 2:g} --cpus-per-worker, plus 0.5 for Ray Data" in err
+    assert f"but the Ray cluster has {cpus:g}; lower --workers or --cpus-per-worker" in err
+    assert "Traceback" not in err and not (tmp_path / "results").exists()
+
+
+def local_ray_cpus() -> float:
+    import ray
+
+    return ray.cluster_resources()["CPU"]
 
 
 def test_yaml_config_with_unknown_key_names_file_and_key(tmp_path, shards, capsys):

@@ -62,34 +62,65 @@ def init_local_ray(**options) -> str:
 API_SERVER_VARIABLE = "RAY_API_SERVER_ADDRESS"  # ray._private.ray_constants.RAY_API_SERVER_ADDRESS_ENVIRONMENT_VARIABLE
 
 
-def check_cluster(config: TrainConfig, can_grow: bool = False, poll_interval: float = 5.0) -> None:
-    """Refuse a run that asks for more GPUs than the cluster has, before any worker starts. A cluster that may
-    autoscale (``can_grow``: one we connected to by address) is first asked for the workers' bundles (Ray's
-    ``request_resources``) and given ``scaling.gpu_wait`` seconds to bring the GPU nodes up."""
-    import ray
-
+def check_cluster(
+    config: TrainConfig, can_grow: bool = False, poll_interval: float = 5.0, in_tune_trial: bool = False
+) -> None:
+    """Refuse, before any worker starts, a run the cluster cannot place (Ray would wait for it forever): more GPUs
+    than the cluster has; a worker with more CPUs than its largest node; or the workers' CPUs plus the one task's
+    worth Ray Data needs to feed them (``DATA_TASK_CPUS``) more than the cluster's CPUs. A cluster that may autoscale
+    (``can_grow``: one we connected to by address) is first asked for the workers' bundles (Ray's
+    ``request_resources``) and given ``scaling.gpu_wait`` seconds to bring the nodes up. Inside a Tune trial
+    (``in_tune_trial``) the trial already holds its CPUs (the sweep checked them), so only GPUs are checked."""
     scaling = config.scaling
-    needed = scaling.workers * scaling.gpus_per_worker
-    if needed <= ray.cluster_resources().get("GPU", 0):
+    if (problem := _shortfall(scaling, in_tune_trial)) is None:
         return
     waits = can_grow and scaling.gpu_wait > 0
     if waits:
         from ray.autoscaler.sdk import request_resources
 
-        bundle = {"CPU": scaling.cpus_per_worker, "GPU": scaling.gpus_per_worker}
+        bundle = {"CPU": scaling.cpus_per_worker} | (
+            {"GPU": scaling.gpus_per_worker} if scaling.gpus_per_worker else {}
+        )
         request_resources(bundles=[bundle] * scaling.workers)
-        print(f"waiting up to {scaling.gpu_wait:g} s for the cluster to scale up to {needed:g} GPUs", file=sys.stderr)
+        print(f"waiting up to {scaling.gpu_wait:g} s for the cluster to scale up: {problem}", file=sys.stderr)
         deadline = time.monotonic() + scaling.gpu_wait
         try:
             while time.monotonic() < deadline:
                 time.sleep(min(poll_interval, max(0.0, deadline - time.monotonic())))
-                if needed <= ray.cluster_resources().get("GPU", 0):
+                if (problem := _shortfall(scaling, in_tune_trial)) is None:
                     return
         finally:
             request_resources(bundles=[])  # the trainer's own placement group keeps the nodes from now on
-    available = ray.cluster_resources().get("GPU", 0)
     waited = f" after waiting {scaling.gpu_wait:g} s (scaling.gpu_wait) for the autoscaler" if waits else ""
-    raise ConfigError(
-        f"scaling asks for {needed:g} GPUs ({scaling.workers} workers x {scaling.gpus_per_worker:g}) but the Ray "
-        f"cluster has {available:g}{waited}"
-    )
+    raise ConfigError(problem + waited)
+
+
+def _shortfall(scaling, in_tune_trial: bool) -> str | None:
+    """What the cluster lacks for the run's workers, or None."""
+    import ray
+
+    from pipeline.training.ingest import DATA_TASK_CPUS
+
+    resources = ray.cluster_resources()
+    gpus = scaling.workers * scaling.gpus_per_worker
+    if gpus > resources.get("GPU", 0):
+        return (
+            f"scaling asks for {gpus:g} GPUs ({scaling.workers} workers x {scaling.gpus_per_worker:g}) but the Ray "
+            f"cluster has {resources.get('GPU', 0):g}"
+        )
+    if in_tune_trial:
+        return None
+    largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+    if scaling.cpus_per_worker > largest:
+        return (
+            f"scaling.cpus_per_worker={scaling.cpus_per_worker:g} (--cpus-per-worker) but the largest node of the Ray "
+            f"cluster has {largest:g} CPUs: a worker runs on one node"
+        )
+    cpus = scaling.workers * scaling.cpus_per_worker + DATA_TASK_CPUS
+    if cpus > resources.get("CPU", 0):
+        return (
+            f"scaling asks for {cpus:g} CPUs ({scaling.workers} workers x {scaling.cpus_per_worker:g} "
+            f"--cpus-per-worker, plus {DATA_TASK_CPUS:g} for Ray Data's tasks, which feed them) but the Ray cluster "
+            f"has {resources.get('CPU', 0):g}; lower --workers or --cpus-per-worker"
+        )
+    return None

@@ -44,7 +44,7 @@ def train(
 
     directory = run_directory(config)
     refuse_finished(config, directory)
-    check_cluster(config, can_grow=start_ray(address))
+    check_cluster(config, can_grow=start_ray(address), in_tune_trial=in_tune_trial)
     record = start_tracking(config, manifest, directory, parent_run_id, extra_tags)
     driver_logger = RunLogger(record["tracking_uri"], record["run_id"], str(directory / DRIVER_BUFFER))
     resolved = config.to_dict()  # as written beside the results and logged
