@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from nrd.data import read_manifest
+from nrd.data.verify import verify_shards
 from pipeline.config import FROM_DATA, ConfigError, TrainConfig
 
 
@@ -24,10 +25,13 @@ def shard_files(dataset_dir: str, manifest: dict, split: str) -> list[str]:
 
 def resolve(config: TrainConfig) -> tuple[TrainConfig, dict]:
     """Once per run (or per sweep, for what its trials share): fill what the data set decides (num_classes, the
-    default name, absolute paths), check what needs the data, and build the model on the meta device (unknown names,
-    invalid hyperparameters fail here, before any worker starts). Returns the config and the data set's manifest."""
+    default name, absolute paths), check what needs the data (every local shard against the manifest's SHA-256,
+    ``nrd.data.verify``), and build the model on the meta device (unknown names, invalid hyperparameters fail here,
+    before any worker starts). Returns the config and the data set's manifest."""
     try:
         manifest = read_manifest(config.data.dataset_dir)
+        if "://" not in config.data.dataset_dir:  # a bucket's shards are not read twice here: Ray Data reads them
+            verify_shards(config.data.dataset_dir, manifest)
     except Exception as error:
         raise ConfigError(f"data.dataset_dir: {error}") from error
     model = config.model

@@ -395,3 +395,41 @@ def test_cli_prepare_synthetic(tmp_path, capsys):
     assert "valid: ade20k, camvid, cityscapes" in capsys.readouterr().err
     assert main(["prepare", "--dataset", "camvid", "--root", str(tmp_path), "--out", str(out), "--seed", "2"]) == 2
     assert "--seed" in capsys.readouterr().err
+
+
+def test_verify_shards_names_every_bad_shard_and_caches_hashes(tmp_path, monkeypatch):
+    """A shard replaced by another seed's (same size, same name) and one with a flipped byte are both named in one
+    error; an unchanged folder is vouched for by the hash cache (no shard hashed), and a shard rewritten in place is
+    hashed again. Shards are written with the umask's mode, not mkstemp's 0600."""
+    import os
+    import shutil
+    import stat
+
+    from nrd.data.verify import verify_shards
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root, other = tmp_path / "a", tmp_path / "b"
+    prepare_shards(SyntheticDataset(**SYNTHETIC), root, shard_size=8, progress=False)
+    prepare_shards(SyntheticDataset(**(SYNTHETIC | {"seed": 4})), other, shard_size=8, progress=False)
+    manifest = read_manifest(root)
+    shards = shard_files(root)
+    assert verify_shards(root, manifest) == len(shards)  # first time: every shard hashed
+    assert verify_shards(root, manifest) == 0  # unchanged: the cache vouches for all
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {stat.S_IMODE(path.stat().st_mode) for path in [*shards, root / "manifest.json"]} == {0o666 & ~umask}
+
+    replaced, flipped = root / "train" / "part-00001.parquet", root / "val" / "part-00000.parquet"
+    shutil.copy2(other / "train" / "part-00001.parquet", replaced)  # copy2 keeps the other file's mtime
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(ShardChecksumError) as error:
+        verify_shards(root, manifest)
+    message = str(error.value)
+    assert "\n" not in message and "2 shard(s) differ from its manifest.json" in message
+    assert f"{replaced} (SHA-256" in message and f"{flipped} (SHA-256" in message
+    assert "rerun `nrd-bench prepare`" in message
+    flipped.unlink()
+    with pytest.raises(ShardChecksumError, match=rf"{re.escape(str(flipped))} \(listed for val, missing\)"):
+        verify_shards(root, manifest)

@@ -311,6 +311,34 @@ def test_configs_that_cannot_work_fail_before_any_worker(shards, tmp_path, capsy
     assert not list(tmp_path.iterdir())
 
 
+def test_replaced_and_corrupted_shards_are_refused_before_training(shards, tmp_path, capsys, monkeypatch):
+    """A train shard replaced by another data set's and a val shard with a flipped byte: training refuses before
+    Ray starts, naming both shards in one line, and writes nothing (no results folder, no MLflow store)."""
+    import shutil
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    other = tmp_path / "other"
+    prepare_shards(
+        create_dataset("synthetic", num_samples={"train": 8}, size=(64, 64), num_classes=4, seed=9),
+        other,
+        splits=("train",),
+        progress=False,
+    )
+    replaced = copy / "train" / "part-00000.parquet"
+    shutil.copy(other / "train" / "part-00000.parquet", replaced)
+    flipped = copy / "val" / "part-00000.parquet"
+    data = bytearray(flipped.read_bytes())
+    data[-100] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    assert main(train_args(copy, tmp_path)) == 2
+    err = capsys.readouterr().err
+    (line,) = err.strip().splitlines()
+    assert f"{replaced} (SHA-256" in line and f"{flipped} (SHA-256" in line and "Traceback" not in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cache", "other", "shards"]
+
+
 @pytest.mark.slow
 def test_missing_manifest_and_gpu_requests_are_named(local_ray, tmp_path, shards, capsys):
     assert main(train_args(tmp_path / "nothing", tmp_path)) == 2

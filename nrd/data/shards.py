@@ -37,6 +37,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ROW_GROUP_ROWS = 16  # small row groups: random access reads one group, not a whole shard
 TEMP_SUFFIX = ".tmp"
+UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
+os.umask(UMASK)
 SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -308,6 +310,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     is removed if anything fails."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(descriptor)
+    os.chmod(temporary, 0o666 & ~UMASK)  # mkstemp's 0600 would hide the data from workers running as other users
     try:
         write(Path(temporary))
         with open(temporary, "rb+") as file:
