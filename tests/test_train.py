@@ -371,6 +371,42 @@ def test_missing_manifest_and_gpu_requests_are_named(local_ray, tmp_path, shards
     assert "Traceback" not in err and not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
+def test_a_run_that_fails_after_its_mlflow_run_exists_never_stays_running(
+    local_ray, shards, tmp_path, capsys, monkeypatch
+):
+    """A failure once the MLflow run exists (injected where the Ray Data pipeline is built) ends the run FAILED with
+    the error as a tag, in one line and no traceback (exit 1: not a bad input); the same command again re-opens
+    the same run as RUNNING, and an interruption then ends it KILLED, saying how to resume (exit 130)."""
+    import pipeline.training.run as driver
+    from pipeline.names import ERROR_TAG
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    seen: list[str] = []
+
+    def disk_on_fire(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    def interrupted(*args, **kwargs):
+        (run,) = client.search_runs([client.get_experiment_by_name("test-train").experiment_id])
+        seen.append(run.info.status)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "build_datasets", disk_on_fire)
+    assert main(train_args(shards, tmp_path, "--name", "broken")) == 1
+    err = capsys.readouterr().err
+    assert "nrd-bench train: error: unexpected RuntimeError: disk on fire" in err and "Traceback" not in err
+    (run,) = client.search_runs([client.get_experiment_by_name("test-train").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags[ERROR_TAG] == "RuntimeError: disk on fire"
+
+    monkeypatch.setattr(driver, "build_datasets", interrupted)
+    assert main(train_args(shards, tmp_path, "--name", "broken")) == 130
+    assert "nrd-bench train: interrupted; rerun the same command to resume" in capsys.readouterr().err
+    assert seen == ["RUNNING"]  # re-opened, not a second run
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "KILLED" and run.data.tags[ERROR_TAG] == "interrupted; rerun the same command to resume"
+
+
 def local_ray_cpus() -> float:
     import ray
 

@@ -70,6 +70,10 @@ def cli_reference(width: int = 100) -> str:
     return "\n".join(sections) + "\n"
 
 
+INTERRUPTED = 130  # the shell's exit code for a process ended by SIGINT
+TRACEBACK_VARIABLE = "NRD_BENCH_TRACEBACK"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -79,6 +83,19 @@ def main(argv: list[str] | None = None) -> int:
     except NRDBenchError as error:
         print(f"nrd-bench {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"nrd-bench {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as error:  # not a bad input we know of: one line, the traceback only when asked for
+        if os.environ.get(TRACEBACK_VARIABLE):
+            raise
+        first = (str(error).strip().splitlines() or [""])[0]
+        print(
+            f"nrd-bench {args.command}: error: unexpected {type(error).__name__}: {first} (set "
+            f"{TRACEBACK_VARIABLE}=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import TrainConfig
-from pipeline.names import CONFIG_FILE, DRIVER_BUFFER, RUN_BUFFER
+from pipeline.names import CONFIG_FILE, DRIVER_BUFFER, ERROR_TAG, ERROR_TAG_CHARS, RUN_BUFFER
 from pipeline.training.checkpoints import refuse_finished, run_directory, write_config, write_result
 from pipeline.training.cluster import check_cluster, start_ray
 from pipeline.training.ingest import build_datasets
@@ -47,6 +47,28 @@ def train(
     check_cluster(config, can_grow=start_ray(address), in_tune_trial=in_tune_trial)
     record = start_tracking(config, manifest, directory, parent_run_id, extra_tags)
     driver_logger = RunLogger(record["tracking_uri"], record["run_id"], str(directory / DRIVER_BUFFER))
+    if in_tune_trial:  # the sweep ends the runs of trials that failed or were stopped (close_stopped_trials)
+        return _train(config, manifest, directory, record, driver_logger, in_tune_trial)
+    try:
+        return _train(config, manifest, directory, record, driver_logger, in_tune_trial)
+    except TrackingUnavailableError:
+        raise  # MLflow is away: the run's end is in the buffer files the error names, to replay
+    except BaseException as error:  # the run exists: it must not stay RUNNING
+        end_failed(driver_logger, error, config)
+        raise
+
+
+def end_failed(driver_logger, error: BaseException, config: TrainConfig) -> None:
+    """End the MLflow run as KILLED (interrupted: the same command resumes it) or FAILED, with the error as the
+    ``ERROR_TAG`` tag; best effort, within a few seconds (the error that got here is the one to report)."""
+    interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
+    message = "interrupted; rerun the same command to resume" if interrupted else f"{type(error).__name__}: {error}"
+    with contextlib.suppress(Exception):
+        driver_logger.set_tags({ERROR_TAG: message[:ERROR_TAG_CHARS]})
+        driver_logger.close(status="KILLED" if interrupted else "FAILED", timeout=min(5.0, config.run.tracking_timeout))
+
+
+def _train(config: TrainConfig, manifest: dict, directory: Path, record: dict, driver_logger, in_tune_trial: bool):
     resolved = config.to_dict()  # as written beside the results and logged
     if driver_logger.last_step() is None:
         driver_logger.log_params(config.flat_params())

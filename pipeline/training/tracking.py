@@ -161,7 +161,8 @@ def start_tracking(
     parent_run_id: str | None = None,
     extra_tags: dict | None = None,
 ) -> dict[str, str]:
-    """The MLflow run of a training run: created once (before any worker starts), found again on re-runs."""
+    """The MLflow run of a training run: created once (before any worker starts), found again on re-runs (and set
+    RUNNING again if an earlier attempt ended it FAILED or KILLED)."""
     tags = {
         DATASET_TAG: manifest["dataset"],
         DATASET_DIR_TAG: config.data.dataset_dir,
@@ -174,9 +175,14 @@ def start_tracking(
         DEVICE_TAG: "cuda" if config.scaling.use_gpu else "cpu",
     }
     uri = resolve_tracking_uri(config.run.tracking_uri)
-    record, _ = open_run(
+    record, new = open_run(
         directory / RUN_RECORD, uri, config.run.experiment, config.run.name, tags | (extra_tags or {}), parent_run_id
     )
+    if not new:  # resumed: a run that ended FAILED or KILLED (an interruption) is running again
+        with mlflow_call(uri):
+            client = MlflowClient(uri)
+            if client.get_run(record["run_id"]).info.status in ("FAILED", "KILLED"):
+                client.update_run(record["run_id"], status="RUNNING")
     return record
 
 
