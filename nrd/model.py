@@ -139,8 +139,19 @@ class ModelConfig:
             if key not in valid:
                 raise UnknownNameError(f"key in {source}", key, valid)
         values = dict(data)
+        types = {"decoder": (str,), "encoder": (str,), "num_classes": (int,), "aux_head": (bool,)}
+        types |= {"output_stride": (int, type(None)), "encoder_weights": (str, type(None))}
+        for key, value in values.items():
+            expected = types.get(key)
+            wrong_bool = isinstance(value, bool) and bool not in (expected or ())
+            if expected and (not isinstance(value, expected) or wrong_bool):
+                names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in expected)
+                raise InvalidHyperparameterError(source, key, value, f"a value of type {names}")
+        kwargs = values.get("decoder_kwargs")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise InvalidHyperparameterError(source, "decoder_kwargs", kwargs, "a mapping ARG: VALUE")
         if "decoder_kwargs" in values:
-            values["decoder_kwargs"] = dict(values["decoder_kwargs"] or {})
+            values["decoder_kwargs"] = dict(kwargs or {})
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -208,12 +209,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> TrainConfig:
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{source}: expected a mapping with sections model, {', '.join(SECTIONS)}")
-        valid = ["model", *SECTIONS]
-        for key in data:
-            if key not in valid:
-                raise UnknownNameError(f"section in {source}", key, valid)
+        check_sections(data, source)
         model_values = {"num_classes": FROM_DATA, **(data.get("model") or {})}
         model = ModelConfig.from_dict(model_values, source=f"{source}: model")
         sections = {name: _section(kind, data.get(name) or {}, f"{source}: {name}") for name, kind in SECTIONS.items()}
@@ -235,7 +231,13 @@ class TrainConfig:
             "an integer >= 0, or null (the official share)",
         )
         _require(schedule.lr > 0, source, "schedule.lr", schedule.lr, "> 0")
-        _require(0 <= schedule.min_lr <= schedule.lr, source, "schedule.min_lr", schedule.min_lr, "in [0, lr]")
+        _require(
+            0 <= schedule.min_lr <= schedule.lr,
+            source,
+            "schedule.min_lr",
+            schedule.min_lr,
+            f"in [0, schedule.lr={schedule.lr:g}]; lower it in the schedule section of a --config file",
+        )
         _require(0 <= schedule.momentum < 1, source, "schedule.momentum", schedule.momentum, "in [0, 1)")
         _require(schedule.weight_decay >= 0, source, "schedule.weight_decay", schedule.weight_decay, ">= 0")
         _require(0 < schedule.warmup_ratio <= 1, source, "schedule.warmup_ratio", schedule.warmup_ratio, "in (0, 1]")
@@ -263,6 +265,23 @@ class TrainConfig:
                 "each worker 1 image; BatchNorm (the context module's image pooling) needs 2 or more, unless "
                 "SyncBatchNorm pools them across several GPU workers"
             )
+        limit = self.data.val_limit
+        _require(
+            limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1),
+            source,
+            "data.val_limit",
+            limit,
+            "a positive integer (the first N val images), or null for all",
+        )
+        name = self.run.name
+        _require(
+            name in (None, "")
+            or (isinstance(name, str) and name.strip() not in ("", ".", "..") and not set(name) & set("/\\\0")),
+            source,
+            "run.name",
+            name,
+            "a folder name inside run.storage_path (no '/', not '.' or '..')",
+        )
         if not self.data.dataset_dir:
             raise ConfigError(f"{source}: data.dataset_dir is empty; expected the output folder of nrd-bench prepare")
         _require(self.run.max_failures >= -1, source, "run.max_failures", self.run.max_failures, ">= -1 (-1: no limit)")
@@ -272,6 +291,23 @@ class TrainConfig:
                 f"{source}: run.storage_path={self.run.storage_path!r} is a URI; expected a folder path. The run's "
                 "record, config, results and MLflow buffer are files beside the checkpoints, so on a cluster give a "
                 "folder that every node mounts (NFS, EFS, a Kubernetes ReadWriteMany volume: see deploy/README.md)"
+            )
+
+
+def check_sections(data: Any, source: str) -> None:
+    """``data`` is a mapping of known sections, each a mapping (or empty)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping with sections model, {', '.join(SECTIONS)}")
+    valid = ["model", *SECTIONS]
+    for key in data:
+        if key not in valid:
+            raise UnknownNameError(f"section in {source}", key, valid)
+    for name in valid:
+        if not isinstance(data.get(name) or {}, Mapping):
+            example = "decoder: nrd" if name == "model" else "key: value"
+            raise ConfigError(
+                f"{source}: section {name} is {data[name]!r}; expected a mapping of its keys, e.g. "
+                f"{name}: {{{example}}}"
             )
 
 
@@ -337,9 +373,15 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML mapping from ``path`` (safe loader); errors name the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; expected a YAML file") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); expected a YAML file") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror or error})") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from error
     if data is None:
@@ -374,14 +416,19 @@ def _section(kind, values: Mapping[str, Any], source: str):
             converted[key] = convert_value(value, default)
         except (TypeError, ValueError):
             expected = type(default).__name__ if default is not None else "a value of the documented type"
-            raise ConfigError(f"{source}: {key}={value!r} has the wrong type; expected {expected}") from None
+            raise ConfigError(f"{source}: {key}={value!r} has the wrong type; expected a finite {expected}") from None
     return kind(**converted)
 
 
 def convert_value(value: Any, default: Any) -> Any:
-    """``value`` checked (TypeError) and converted to the type of the field whose default is ``default``."""
+    """``value`` checked (TypeError) and converted to the type of the field whose default is ``default``: null only
+    where the default is null, numbers finite."""
     if value is None:
-        return None
+        if default is None:
+            return None
+        raise TypeError
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise TypeError

@@ -5,6 +5,7 @@ TorchTrainer.fit() ~20 s here); only the tests that start workers are ``slow``."
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -411,6 +412,53 @@ def local_ray_cpus() -> float:
     import ray
 
     return ray.cluster_resources()["CPU"]
+
+
+BAD_CONFIGS = {  # name: (config file text or bytes, extra flags, message)
+    "lr null": ("schedule:\n  lr: null\n", [], "schedule: lr=None has the wrong type; expected a finite float"),
+    "model a word": ("model: nrd\n", [], "section model is 'nrd'; expected a mapping of its keys"),
+    "decoder_kwargs a list": ("model:\n  decoder_kwargs: [8]\n", [], "decoder_kwargs=[8] is invalid; expected a map"),
+    "aux_head a string": ('model:\n  aux_head: "no"\n', [], "aux_head='no' is invalid; expected a value of type bool"),
+    "num_classes a word": ("model:\n  num_classes: six\n", [], "num_classes='six' is invalid; expected a value of"),
+    "not UTF-8": (b"\xff\xfe schedule", [], "not UTF-8 text (byte 0); expected a YAML file"),
+    "val_limit -1": ("", ["--val-limit", "-1"], "data.val_limit=-1 is invalid; expected a positive integer"),
+    "val_limit 0": ("", ["--val-limit", "0"], "data.val_limit=0 is invalid; expected a positive integer"),
+    "name escapes": ("", ["--name", "../../escape"], "run.name='../../escape' is invalid; expected a folder name"),
+    "name dot dot": ("", ["--name", ".."], "run.name='..' is invalid"),
+    "lr inf": ("", ["--lr", "inf"], "lr=inf has the wrong type; expected a finite float"),
+    "lr below min_lr": (
+        "",
+        ["--lr", "0.00001"],
+        "expected in [0, schedule.lr=1e-05]; lower it in the schedule section",
+    ),
+    "decoder arg not YAML": ("", ["--decoder-arg", "k=[8"], "'k=[8': the VALUE '[8' is not a YAML value"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS, ids=list(BAD_CONFIGS))
+def test_bad_values_are_named_in_one_line_and_nothing_is_written(shards, tmp_path, capsys, monkeypatch, case):
+    """A config file's values, alone (no flag overrides them), or a flag's: exit 2, the key and what was expected."""
+    text, flags, message = BAD_CONFIGS[case]
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "run.yaml"
+    if isinstance(text, str):
+        text = f"data:\n  dataset_dir: {shards}\n{text}".encode()
+    config.write_bytes(text)
+    store = ["--storage-path", str(tmp_path / "results"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    args = train_args(shards, tmp_path, *flags) if flags else ["train", "--config", str(config), *store]
+    with pytest.raises(SystemExit) if flags[:1] == ["--decoder-arg"] else contextlib.nullcontext() as exited:
+        code = main(args)
+    code = exited.value.code if exited else code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and message in lines[-1] and "Traceback" not in err, err
+    assert len(lines) == 1 or lines[0].startswith("usage: ")  # argparse's own errors follow its usage
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run.yaml"]
+
+
+def test_a_folder_as_config_file_is_named(shards, tmp_path, capsys):
+    assert main([*train_args(shards, tmp_path), "--config", str(tmp_path)]) == 2
+    assert f"{tmp_path}: is a folder; expected a YAML file" in capsys.readouterr().err
 
 
 def test_yaml_config_with_unknown_key_names_file_and_key(tmp_path, shards, capsys):

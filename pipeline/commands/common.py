@@ -22,7 +22,12 @@ def parse_key_value(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. dyn_channels=32)")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the VALUE {value!r} is not a YAML value (a number, true/false, a word, [a, list])"
+        ) from None
 
 
 def decoder_args(pairs: list[tuple[str, object]], decoder: str) -> dict[str, object]:

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from pipeline.commands.common import decoder_args, parse_key_value, parse_size
-from pipeline.config import ALIASES, TrainConfig, load_yaml, merge, nest
+from pipeline.config import ALIASES, TrainConfig, check_sections, load_yaml, merge, nest
 
 
 def register(subparsers) -> None:
@@ -90,6 +90,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """--config, then the flags (``pipeline.config.ALIASES``: flag dest → setting), then --decoder-arg values."""
     source = args.config or "command line"
     config = load_yaml(args.config) if args.config else {}
+    check_sections(config, source)
     flags = {key: getattr(args, dest, None) for dest, key in ALIASES.items()}
     flat = {
         key: list(value) if isinstance(value, tuple) else value for key, value in flags.items() if value is not None

@@ -84,7 +84,7 @@ def build_datasets(config: TrainConfig, manifest: dict) -> dict[str, Any]:
 
 class ValShards:
     """The val split as one worker evaluates it: read from the prepared shards (a local folder or any URI pyarrow
-    reads) at every evaluation, in manifest order, the first ``data.val_limit`` rows (0: all).
+    reads) at every evaluation, in manifest order, the first ``data.val_limit`` rows (None: all).
     ``batches(rank, world, device)`` decodes only the rows ``index % world == rank`` (``decode_val``, batch size 1,
     plus the row's ``id``), so the workers together evaluate every row once. Why not Ray Data: every worker needs
     the whole, unshuffled split, and a Ray Data execution per evaluation and worker cost 7-11 s of start-up on 2
