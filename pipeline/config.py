@@ -18,22 +18,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from nrd import DECODERS, ModelConfig, decoder_arguments
-from nrd.errors import InvalidHyperparameterError, NRDBenchError, UnknownNameError
+from nrd.errors import UnknownNameError
 from nrd.losses import LOSS_REDUCTIONS
-
-
-class ConfigError(NRDBenchError, ValueError):
-    """A configuration that cannot work: the message names the file/key at fault and what was expected."""
+from pipeline.values import ConfigError, merge, read_section, require
 
 
 @dataclass(frozen=True)
@@ -212,7 +204,9 @@ class TrainConfig:
         check_sections(data, source)
         model_values = {"num_classes": FROM_DATA, **(data.get("model") or {})}
         model = ModelConfig.from_dict(model_values, source=f"{source}: model")
-        sections = {name: _section(kind, data.get(name) or {}, f"{source}: {name}") for name, kind in SECTIONS.items()}
+        sections = {
+            name: read_section(kind, data.get(name) or {}, f"{source}: {name}") for name, kind in SECTIONS.items()
+        }
         config = cls(model=model, **sections)
         config.validate(source)
         return config
@@ -221,39 +215,39 @@ class TrainConfig:
         """Checks that need no cluster and no data: positive sizes, divisible batch, sane schedule."""
         schedule, scaling = self.schedule, self.scaling
         for name in ("iterations", "batch_size", "log_interval", "eval_interval", "checkpoint_interval"):
-            _require(getattr(schedule, name) >= 1, source, f"schedule.{name}", getattr(schedule, name), ">= 1")
+            require(getattr(schedule, name) >= 1, source, f"schedule.{name}", getattr(schedule, name), ">= 1")
         warmup = schedule.warmup_iterations
-        _require(
+        require(
             isinstance(warmup, int) and not isinstance(warmup, bool) and warmup >= 0,
             source,
             "schedule.warmup_iterations",
             warmup,
             "an integer >= 0, or null (the official share)",
         )
-        _require(schedule.lr > 0, source, "schedule.lr", schedule.lr, "> 0")
-        _require(
+        require(schedule.lr > 0, source, "schedule.lr", schedule.lr, "> 0")
+        require(
             0 <= schedule.min_lr <= schedule.lr,
             source,
             "schedule.min_lr",
             schedule.min_lr,
             f"in [0, schedule.lr={schedule.lr:g}]; lower it in the schedule section of a --config file",
         )
-        _require(0 <= schedule.momentum < 1, source, "schedule.momentum", schedule.momentum, "in [0, 1)")
-        _require(schedule.weight_decay >= 0, source, "schedule.weight_decay", schedule.weight_decay, ">= 0")
-        _require(0 < schedule.warmup_ratio <= 1, source, "schedule.warmup_ratio", schedule.warmup_ratio, "in (0, 1]")
-        _require(schedule.power > 0, source, "schedule.power", schedule.power, "> 0")
-        _require(schedule.aux_weight >= 0, source, "schedule.aux_weight", schedule.aux_weight, ">= 0")
-        _require(
+        require(0 <= schedule.momentum < 1, source, "schedule.momentum", schedule.momentum, "in [0, 1)")
+        require(schedule.weight_decay >= 0, source, "schedule.weight_decay", schedule.weight_decay, ">= 0")
+        require(0 < schedule.warmup_ratio <= 1, source, "schedule.warmup_ratio", schedule.warmup_ratio, "in (0, 1]")
+        require(schedule.power > 0, source, "schedule.power", schedule.power, "> 0")
+        require(schedule.aux_weight >= 0, source, "schedule.aux_weight", schedule.aux_weight, ">= 0")
+        require(
             schedule.loss_reduction in LOSS_REDUCTIONS,
             source,
             "schedule.loss_reduction",
             schedule.loss_reduction,
             f"one of {', '.join(LOSS_REDUCTIONS)}",
         )
-        _require(scaling.workers >= 1, source, "scaling.workers", scaling.workers, ">= 1")
-        _require(scaling.cpus_per_worker > 0, source, "scaling.cpus_per_worker", scaling.cpus_per_worker, "> 0")
-        _require(scaling.gpus_per_worker >= 0, source, "scaling.gpus_per_worker", scaling.gpus_per_worker, ">= 0")
-        _require(scaling.gpu_wait >= 0, source, "scaling.gpu_wait", scaling.gpu_wait, ">= 0")
+        require(scaling.workers >= 1, source, "scaling.workers", scaling.workers, ">= 1")
+        require(scaling.cpus_per_worker > 0, source, "scaling.cpus_per_worker", scaling.cpus_per_worker, "> 0")
+        require(scaling.gpus_per_worker >= 0, source, "scaling.gpus_per_worker", scaling.gpus_per_worker, ">= 0")
+        require(scaling.gpu_wait >= 0, source, "scaling.gpu_wait", scaling.gpu_wait, ">= 0")
         if schedule.batch_size % scaling.workers:
             raise ConfigError(
                 f"{source}: schedule.batch_size={schedule.batch_size} is not divisible by scaling.workers="
@@ -266,7 +260,7 @@ class TrainConfig:
                 "SyncBatchNorm pools them across several GPU workers"
             )
         limit = self.data.val_limit
-        _require(
+        require(
             limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1),
             source,
             "data.val_limit",
@@ -274,7 +268,7 @@ class TrainConfig:
             "a positive integer (the first N val images), or null for all",
         )
         name = self.run.name
-        _require(
+        require(
             name in (None, "")
             or (isinstance(name, str) and name.strip() not in ("", ".", "..") and not set(name) & set("/\\\0")),
             source,
@@ -284,8 +278,8 @@ class TrainConfig:
         )
         if not self.data.dataset_dir:
             raise ConfigError(f"{source}: data.dataset_dir is empty; expected the output folder of nrd-bench prepare")
-        _require(self.run.max_failures >= -1, source, "run.max_failures", self.run.max_failures, ">= -1 (-1: no limit)")
-        _require(self.run.tracking_timeout >= 0, source, "run.tracking_timeout", self.run.tracking_timeout, ">= 0")
+        require(self.run.max_failures >= -1, source, "run.max_failures", self.run.max_failures, ">= -1 (-1: no limit)")
+        require(self.run.tracking_timeout >= 0, source, "run.tracking_timeout", self.run.tracking_timeout, ">= 0")
         if "://" in self.run.storage_path:
             raise ConfigError(
                 f"{source}: run.storage_path={self.run.storage_path!r} is a URI; expected a folder path. The run's "
@@ -367,92 +361,6 @@ def field_default(key: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(kind)} if kind else {}
     default = getattr(fields.get(rest), "default", None)
     return None if default is dataclasses.MISSING else default
-
-
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML mapping from ``path`` (safe loader); errors name the file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder; expected a YAML file") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); expected a YAML file") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror or error})") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from error
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
-
-
-def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``overrides`` applied section by section (nested mappings merged, other values replaced)."""
-    result = {key: dict(value) if isinstance(value, Mapping) else value for key, value in base.items()}
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(result.get(key), dict):
-            result[key] = merge(result[key], value)
-        else:
-            result[key] = value
-    return result
-
-
-def _section(kind, values: Mapping[str, Any], source: str):
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{source}: expected a mapping, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(kind)}
-    for key in values:
-        if key not in fields:
-            raise UnknownNameError(f"key in {source}", key, fields)
-    converted = {}
-    for key, value in values.items():
-        default = fields[key].default
-        try:
-            converted[key] = convert_value(value, default)
-        except (TypeError, ValueError):
-            expected = type(default).__name__ if default is not None else "a value of the documented type"
-            raise ConfigError(f"{source}: {key}={value!r} has the wrong type; expected a finite {expected}") from None
-    return kind(**converted)
-
-
-def convert_value(value: Any, default: Any) -> Any:
-    """``value`` checked (TypeError) and converted to the type of the field whose default is ``default``: null only
-    where the default is null, numbers finite."""
-    if value is None:
-        if default is None:
-            return None
-        raise TypeError
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise TypeError
-        return value
-    if isinstance(default, int) and not isinstance(default, bool):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError
-        return float(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise TypeError
-        return value
-    if isinstance(value, list):
-        return tuple(value)
-    return value
-
-
-def _require(ok: bool, source: str, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise InvalidHyperparameterError(source, key, value, expected)
 
 
 def _plain(values: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ import argparse
 import json
 
 from pipeline.commands.common import decoder_args, parse_key_value, parse_size
-from pipeline.config import ALIASES, TrainConfig, check_sections, load_yaml, merge, nest
+from pipeline.config import ALIASES, TrainConfig, check_sections, nest
+from pipeline.values import load_yaml, merge
 
 
 def register(subparsers) -> None:

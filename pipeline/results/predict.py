@@ -31,10 +31,11 @@ from nrd.data.base import DataError, decode_image, encode_png
 from nrd.data.transforms import TRAIN_PRESETS, ValTransform, ValTransformConfig
 from nrd.errors import InvalidHyperparameterError, WeightsMismatchError
 from nrd.inference import predict_to_label
-from pipeline.config import FROM_DATA, ConfigError, TrainConfig, load_yaml
+from pipeline.config import FROM_DATA, ConfigError, TrainConfig
 from pipeline.files import write_atomic
 from pipeline.names import CHECKPOINT_WEIGHTS, CONFIG_FILE, WEIGHTS_ARTIFACT_DIR
 from pipeline.training.pictures import colourise
+from pipeline.values import load_yaml
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LABELS_DIR = "labels"

@@ -47,7 +47,8 @@ from typing import Any
 
 from nrd import DECODERS, ENCODERS, ModelConfig
 from nrd.errors import UnknownNameError
-from pipeline.config import ConfigError, canonical_key, convert_value, field_default, load_yaml, nest
+from pipeline.config import ConfigError, canonical_key, field_default, nest
+from pipeline.values import convert_value, load_yaml
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "fifo")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from pipeline.config import ConfigError, TrainConfig, canonical_key, is_decoder_argument, merge
+from pipeline.config import ConfigError, TrainConfig, canonical_key, is_decoder_argument
 from pipeline.names import (
     DRIVER_BUFFER,
     FINISHED_MARKER,
@@ -45,6 +45,7 @@ from pipeline.training.checkpoints import read_result
 from pipeline.training.cluster import start_ray
 from pipeline.training.run import train
 from pipeline.training.tracking import open_run, resolve_tracking_uri
+from pipeline.values import merge
 
 
 def tune_distribution(kind: str, arguments: Any):
