@@ -35,6 +35,18 @@ MIOU = "mIoU"  # the final single-scale val mIoU (%), what searches and reports 
 MIOU_MSFLIP = "mIoU_msflip"
 GMACS_MODEL = "gmacs_model"  # the default cost axis of the Pareto front
 ITERATION = "iteration"  # reported to Ray Tune with every evaluation; ASHA's time axis
+VAL_METRICS = (MIOU, "aAcc", "mAcc", "mDice", "mBIoU")  # logged (and reported to Tune) at every evaluation
+# What a trial reports to Tune, so what a sweep's objectives may name (beside trimap_mIoU_<W>px)
+OBJECTIVE_METRICS = (
+    *VAL_METRICS,
+    MIOU_MSFLIP,
+    "aAcc_msflip",
+    "loss",
+    "images_per_s",
+    "params_m",
+    "latency_p50_ms",
+    *(f"gmacs_{level}" for level in ("encoder", "context", "decoder", "head", "model")),
+)
 
 # -------------------------------------------------------------------------------------- a run's folder and artifacts
 CONFIG_FILE = "config.yaml"  # the resolved TrainConfig, beside the results and as an MLflow artifact

@@ -338,3 +338,27 @@ def test_killed_sweep_resumes_without_rerunning_or_duplicating(shards, tmp_path,
         (row,) = csv.DictReader(file)  # one configuration, both repeats in it
     assert row["seeds"] == "2" and set(row["run_ids"].split()) == {r.info.run_id for r in trials}
     assert row["scheme"] == "seeds and images" and float(row["low"]) <= float(row["mIoU"]) <= float(row["high"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_sweep_whose_trials_fail_exits_non_zero_and_names_them(local_ray, shards, tmp_path, capsys):
+    """Values valid one by one (checked at load) can still fail together inside a trial: batch sizes that two
+    workers cannot share. The sweep runs its trials, then exits 1 naming each failed trial and its error."""
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "search: {objectives: {mIoU: max}, scheduler: fifo, max_concurrent: 1, iterations: 4,\n"
+        "         resources: {workers: 2, cpus_per_worker: 0.4}}\n"
+        "fixed: {decoder: bilinear, encoder: resnet18}\n"
+        "space:\n  schedule.batch_size: {grid: [3, 5]}\n"
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["tune", "--space", str(space), "--dataset-dir", str(shards), "--storage-path", str(tmp_path / "results")]
+    assert main([*args, "--tracking-uri", uri, "--name", "failing"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("nrd-bench tune: error: 2 of 2 trial(s) failed: ")
+    assert "schedule.batch_size=3 is not divisible by scaling.workers=2" in err
+    assert "schedule.batch_size=5 is not divisible by scaling.workers=2" in err
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("nrd-bench").experiment_id])
+    assert runs and all(run.info.status != "RUNNING" for run in runs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(subparsers) -> None:
@@ -48,4 +49,11 @@ def run(args: argparse.Namespace) -> int:
         address=args.address,
     )
     print(json.dumps(summary))
+    if summary["errors"]:
+        failed = "; ".join(f"{item['trial']}: {item['error']}" for item in summary["failed_trials"])
+        print(
+            f"nrd-bench tune: error: {summary['errors']} of {summary['trials']} trial(s) failed: {failed}",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -40,15 +40,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from nrd import DECODERS, ENCODERS, ModelConfig
-from nrd.errors import UnknownNameError
-from pipeline.config import ConfigError, canonical_key, field_default, nest
-from pipeline.values import convert_value, load_yaml
+from nrd.errors import InvalidHyperparameterError, NRDBenchError, UnknownNameError
+from pipeline.config import ConfigError, TrainConfig, canonical_key, field_default, nest
+from pipeline.names import OBJECTIVE_METRICS
+from pipeline.values import convert_value, load_yaml, merge
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "fifo")
@@ -128,7 +132,23 @@ def _check_value(path: str, key: str, value: Any) -> None:
             convert_value(value, default)
         except (TypeError, ValueError):
             expected = type(default).__name__
-            raise _error(path, key, f"{value!r} has the wrong type; expected {expected}") from None
+            raise _error(path, key, f"{value!r} has the wrong type; expected a finite {expected}") from None
+    section, _, argument = key.partition(".")
+    if section in DECODERS:  # built on the meta device, as each trial would build it
+        model = ModelConfig(decoder=section, encoder="resnet18", num_classes=2, decoder_kwargs={argument: value})
+        try:
+            with torch.device("meta"):
+                model.build()
+        except (NRDBenchError, TypeError, ValueError) as error:
+            raise _error(path, key, f"{value!r} cannot build the {section} decoder ({error})") from None
+        return
+    try:  # the setting's own range (lr > 0, ...), the others at their defaults
+        TrainConfig.from_dict(merge({"data": {"dataset_dir": "unused"}}, nest({key: value}, ModelConfig().decoder)))
+    except InvalidHyperparameterError as error:
+        if error.name == key:
+            raise _error(path, key, str(error).partition(": ")[2]) from None
+    except ConfigError:
+        pass  # a combination with other defaults (batch size over workers, ...): each trial's config is checked
 
 
 def _distribution(path: str, key: str, spec: Mapping[str, Any]) -> tuple[str, Any]:
@@ -192,6 +212,9 @@ def _search_settings(path: str, values: Mapping[str, Any], available_cpus: float
     if not isinstance(settings.objectives, dict) or not settings.objectives:
         raise _error(path, "search.objectives", "expected a mapping metric: max|min, e.g. {mIoU: max}")
     for metric, mode in settings.objectives.items():
+        if metric not in OBJECTIVE_METRICS and not re.fullmatch(r"trimap_mIoU_\d+px", str(metric)):
+            valid = [*OBJECTIVE_METRICS, "trimap_mIoU_<W>px"]
+            raise UnknownNameError(f"objective metric in {path} (search.objectives)", metric, valid)
         if mode not in MODES:
             raise UnknownNameError(f"mode of objective {metric!r} in {path}", mode, MODES)
     if settings.scheduler not in SCHEDULERS:

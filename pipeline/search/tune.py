@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -229,6 +230,13 @@ def tune_config(space: SearchSpace):
     )
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of the innermost message of a trial's error (Ray wraps the trial's own exception)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line)]
+    return (causes[-1] if causes else (lines or [type(error).__name__])[-1])[:300]
+
+
 def close_stopped_trials(record: dict[str, str], results) -> None:
     """Child runs of trials ASHA stopped (or that failed) stay RUNNING in MLflow: end them as KILLED/FAILED."""
     from mlflow import MlflowClient
@@ -293,6 +301,9 @@ def tune(
         "experiment_id": record["experiment_id"],
         "trials": len(results),
         "errors": sum(1 for result in results if result.error),
+        "failed_trials": [
+            {"trial": Path(result.path).name, "error": first_line(result.error)} for result in results if result.error
+        ],
         "seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(summary), file=sys.stderr)

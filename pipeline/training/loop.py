@@ -19,7 +19,7 @@ import torch
 
 from nrd.losses import segmentation_loss
 from pipeline.config import ConfigError, ScheduleSettings, TrainConfig
-from pipeline.names import ITERATION, MIOU, MIOU_MSFLIP
+from pipeline.names import ITERATION, MIOU_MSFLIP, VAL_METRICS
 from pipeline.training.checkpoints import load_checkpoint_state, report_checkpoint, restore_rng_state
 from pipeline.training.evaluation import eval_shape, evaluate, finish, static_cost
 from pipeline.training.ingest import ValShards
@@ -32,7 +32,6 @@ from pipeline.training.sessions import (
 )
 
 PREDICTION_SAMPLES = 4  # val images rank 0 logs as pictures after the last iteration
-VAL_METRICS = (MIOU, "aAcc", "mAcc", "mDice", "mBIoU")
 
 
 def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSession | None = None) -> None:
