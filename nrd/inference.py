@@ -180,6 +180,12 @@ def predict(model: nn.Module, images: torch.Tensor, mode: str = "whole", **optio
     valid = list(inspect.signature(function).parameters)[2:]
     for key in options:
         if key not in valid:
+            takes = {name: list(inspect.signature(f).parameters)[2:] for name, f in MODES.items()}
+            modes = [name for name, keys in takes.items() if key in keys]
+            if modes:
+                raise InvalidHyperparameterError(
+                    f"inference mode {mode!r}", key, options[key], f"no {key}: only modes {', '.join(modes)} take it"
+                )
             raise UnknownNameError(f"option of inference mode {mode!r}", key, valid)
     return function(model, images, **options)
 

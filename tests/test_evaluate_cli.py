@@ -104,3 +104,12 @@ def test_label_value_out_of_range_is_named(folders, capsys):
     assert evaluate(pred_dir, label_dir) == 2
     err = capsys.readouterr().err
     assert f"{label_dir / 'a.png'}: values [9] are neither a class in [0, 6) nor ignore_index 255" in err
+
+
+@pytest.mark.parametrize("widths", ["100000", "0,2", ""])
+def test_trimap_widths_outside_what_is_useful_are_refused(folders, capsys, widths):
+    pred_dir, label_dir, _, _ = folders
+    with pytest.raises(SystemExit) as exited:
+        evaluate(pred_dir, label_dir, "--trimap-widths", widths)
+    assert exited.value.code == 2
+    assert "expected band widths from 1 to 256 px" in capsys.readouterr().err

@@ -237,8 +237,10 @@ def test_unknown_names_and_bad_options_raise_named_errors(real_model: nn.Module)
     with pytest.raises(UnknownNameError) as error:
         predict(real_model, images, mode="sliding")
     assert all(name in str(error.value) for name in ("whole", "slide", "msflip"))
-    with pytest.raises(UnknownNameError, match="crop_size"):
+    with pytest.raises(InvalidHyperparameterError, match="no crop_size: only modes slide, msflip take it"):
         predict(real_model, images, mode="whole", crop_size=(32, 32))
+    with pytest.raises(UnknownNameError, match="option of inference mode 'whole' 'tile_size'"):
+        predict(real_model, images, mode="whole", tile_size=(32, 32))
     with pytest.raises(UnknownNameError, match="slide, whole"):
         predict(real_model, images, mode="msflip", base_mode="tile")
     with pytest.raises(InvalidHyperparameterError, match="crop_size"):

@@ -198,7 +198,10 @@ def test_bad_mode_input_and_device_are_named(setup, tmp_path, capsys):
     cases = {
         ("--mode", "tile"): ["unknown inference mode 'tile'", "msflip, slide, whole"],
         ("--device", "gpu0"): ["--device='gpu0' is invalid"],
-        ("--mode", "whole", "--crop-size", "32x32"): ["unknown option of inference mode 'whole'", "crop_size"],
+        ("--mode", "whole", "--crop-size", "32x32"): ["no crop_size: only modes slide, msflip take it"],
+        ("--mode", "whole", "--scales", "0.5"): [
+            "inference mode 'whole': scales=(0.5,) is invalid; expected no scales"
+        ],
     }
     for flags, messages in cases.items():
         assert main(predict_args(setup, tmp_path / "out", *flags)) == 2
@@ -213,6 +216,21 @@ def test_bad_mode_input_and_device_are_named(setup, tmp_path, capsys):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert f"{source}: {message}" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_corrupt_image_among_good_ones_stops_before_anything_is_written(setup, tmp_path, capsys):
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(setup["images"], images)
+    corrupt = images / "sub" / "c.jpg"  # third in the folder's order
+    corrupt.write_bytes(b"\xff\xd8\xff not really a JPEG")
+    args = predict_args(setup, tmp_path / "out")
+    args[args.index("--input") + 1] = str(images)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{corrupt}: cannot read image" in err and "nothing was written" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 

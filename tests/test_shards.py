@@ -433,3 +433,13 @@ def test_verify_shards_names_every_bad_shard_and_caches_hashes(tmp_path, monkeyp
     flipped.unlink()
     with pytest.raises(ShardChecksumError, match=rf"{re.escape(str(flipped))} \(listed for val, missing\)"):
         verify_shards(root, manifest)
+
+
+@pytest.mark.parametrize("where", ["through a file", "under /proc"])
+def test_cli_prepare_names_an_output_folder_it_cannot_write(tmp_path, capsys, where):
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "shards" if where == "through a file" else Path("/proc/nrd-bench-shards")
+    assert main(["prepare", "--dataset", "synthetic", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out='{out}' is invalid; expected a folder that can be written" in err and "Traceback" not in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]

@@ -376,3 +376,23 @@ def test_a_tracking_store_on_this_machine_is_only_sent_when_named(capsys):
         job_env(["UNSET"], {})
     with pytest.raises(EntrypointError, match="not an environment variable name"):
         job_env(["1X=2"], {})
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["jobs", "list", "--address", "http://[::1"], "--address='http://[::1' is not a valid URL (Invalid IPv6 URL)"),
+        (["jobs", "list", "--address", "http://head:abc"], "--address='http://head:abc' is not a valid URL"),
+        (
+            ["jobs", "logs", "bad id/../x", "--address", "http://127.0.0.1:1"],
+            "'bad id/../x' is not a job submission id",
+        ),
+        (["jobs", "stop", "..", "--address", "http://127.0.0.1:1"], "'..' is not a job submission id"),
+    ],
+)
+def test_bad_addresses_and_job_ids_are_named_before_any_request(args, message, capfd, clean_env):
+    with pytest.raises(SystemExit) if args[1] != "list" else contextlib.nullcontext() as exited:
+        code = main(args)
+    code = exited.value.code if exited else code
+    err = capfd.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err

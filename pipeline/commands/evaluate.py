@@ -22,11 +22,17 @@ from nrd.metrics import TRIMAP_WIDTHS, MetricInputError, SegmentationMetrics, to
 LISTED_NAMES = 5  # unmatched file names shown in an error before "and N more"
 
 
+MAX_TRIMAP_WIDTH = 256  # px: wider bands cover whole images (and the band's kernel grows with the square)
+
+
 def parse_widths(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
+        widths = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers such as 1,2,4") from None
+    if not widths or not all(1 <= width <= MAX_TRIMAP_WIDTH for width in widths):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected band widths from 1 to {MAX_TRIMAP_WIDTH} px, e.g. 1,2,4")
+    return widths
 
 
 def register(subparsers) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 from pipeline.commands.common import add_address_argument, follow_to_end
@@ -25,11 +26,18 @@ def register(subparsers) -> None:
     stop.add_argument("--wait", action="store_true", help="wait until it has stopped")
     listing = actions.add_parser("list", help="every job the cluster knows, newest first")
     for action, handler in ((status, show_status), (logs, show_logs), (stop, stop_job)):
-        action.add_argument("job_id", metavar="JOB_ID", help="submission id printed by nrd-bench submit")
+        action.add_argument("job_id", type=job_id, metavar="JOB_ID", help="submission id printed by nrd-bench submit")
         action.set_defaults(handler=handler)
     listing.set_defaults(handler=list_jobs)
     for action in (status, logs, stop, listing):
         add_address_argument(action)
+
+
+def job_id(text: str) -> str:
+    """A submission id as Ray makes them (letters, digits, '_', '-', '.'): never a path that names another job."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", text) or ".." in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a job submission id (letters, digits, '_', '-', '.')")
+    return text
 
 
 def show_status(args: argparse.Namespace) -> int:

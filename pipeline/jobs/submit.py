@@ -111,7 +111,13 @@ def resolve_address(address: str | None) -> tuple[str, str]:
             "dashboard's HTTP address, e.g. forwarded by `ray dashboard CLUSTER.yaml` or `kubectl port-forward`)"
         )
     url = value if "://" in value else f"http://{value}"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (parses the port: a ValueError for one that is not a number)
+    except ValueError as error:
+        raise ClusterUnreachableError(
+            f"{source}={value!r} is not a valid URL ({error}); expected http://HOST:{DEFAULT_DASHBOARD_PORT}"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ClusterUnreachableError(
             f"{source}={value!r} is not the HTTP address of a Ray dashboard; expected http://HOST:"

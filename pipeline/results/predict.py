@@ -27,7 +27,7 @@ import torch
 
 from nrd import SegmentationModel, load_encoder_weights
 from nrd.data import read_manifest
-from nrd.data.base import DataError, decode_image, encode_png
+from nrd.data.base import CorruptImageError, DataError, decode_image, encode_png
 from nrd.data.transforms import TRAIN_PRESETS, ValTransform, ValTransformConfig
 from nrd.errors import InvalidHyperparameterError, WeightsMismatchError
 from nrd.inference import predict_to_label
@@ -243,13 +243,31 @@ def predict_files(
     (atomically, folders created as needed); returns the names written."""
     if not 0 <= alpha <= 1:
         raise InvalidHyperparameterError("nrd-bench predict", "--alpha", alpha, "a number in [0, 1]")
+    for path, _ in images:  # every input checked before anything is written
+        check_image(path)
     model = trained.model.to(device)
-    for path, name in images:
-        image = decode_image(path.read_bytes(), path)
+    for done, (path, name) in enumerate(images):
+        try:
+            image = decode_image(path.read_bytes(), path)
+        except (DataError, OSError) as error:  # what the header check could not see (e.g. truncated pixel data)
+            raise CorruptImageError(
+                path, f"{error}; the {done} image(s) before it were written under {out}, none after"
+            ) from None
         label = predict_label(model, image, mode, options, trained.config.data.test_scale)
         write_atomic(out / LABELS_DIR / name, encode_png(label))
         write_atomic(out / OVERLAYS_DIR / name, encode_png(overlay(image, label, palette, alpha)))
     return [name for _, name in images]
+
+
+def check_image(path: Path) -> None:
+    """``path`` is an image file PIL can read (its header and structure, without decoding the pixels)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as error:  # PIL raises many types for bad files
+        raise CorruptImageError(path, f"cannot read image ({error}); nothing was written") from None
 
 
 class MissingArtifactError(DataError):
