@@ -27,7 +27,8 @@ from nrd.data import (
     prepare_shards,
     read_manifest,
 )
-from nrd.data.shards import EmptySplitError, format_duration, progress_line, write_atomic
+from nrd.data.progress import format_duration, progress_line
+from nrd.data.shards import EmptySplitError, write_atomic
 from nrd.errors import InvalidHyperparameterError, UnknownNameError
 from pipeline.commands.cli import main
 
