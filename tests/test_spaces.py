@@ -60,16 +60,8 @@ space:
         ("space: {lr: {uniform: [0.1, 0.01]}}", NRDBenchError, "lr: uniform needs low < high"),
         ("space: {lr: {normal: [0, 1]}}", UnknownNameError, "distribution"),
         ("space: {lr: {choice: [fast]}}", NRDBenchError, "schedule.lr: 'fast' has the wrong type; expected a finite"),
-        (
-            "space: {lr: {choice: [.nan]}}",
-            NRDBenchError,
-            "schedule.lr: nan has the wrong type; expected a finite float",
-        ),
-        (
-            "space: {lr: {choice: [-0.1, 0.01]}}",
-            NRDBenchError,
-            "schedule.lr: schedule.lr=-0.1 is invalid; expected > 0",
-        ),
+        ("space: {lr: {choice: [.nan]}}", NRDBenchError, "schedule.lr: nan has the wrong type; expected a finite"),
+        ("space: {lr: {choice: [-0.1, 0.01]}}", NRDBenchError, "schedule.lr=-0.1 is invalid; expected > 0"),
         ("space: {nrd.dyn_channels: {choice: [eight]}}", NRDBenchError, "'eight' cannot build the nrd decoder"),
         ("fixed: {nrd.patch_factor: 12}\nspace: {lr: 0.1}", NRDBenchError, "12 cannot build the nrd decoder"),
         ("search: {objectives: {miou: max}}\nspace: {lr: 0.1}", UnknownNameError, "objective metric"),
