@@ -223,6 +223,8 @@ def test_server_never_returns_then_replay(mlflow_server, tmp_path, capsys):
 def test_replay_bad_files(tmp_path, capsys):
     assert main(["replay", str(tmp_path / "missing.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["replay", str(tmp_path)]) == 2
+    assert f"{tmp_path} is a folder; expected a tracking buffer file" in capsys.readouterr().err
     record = {"seq": 1, "tracking_uri": "http://127.0.0.1:9", "run_id": "r", "op": "set_tags", "payload": {"tags": {}}}
     corrupt = tmp_path / "corrupt.jsonl"
     corrupt.write_text(json.dumps(record) + "\n" + '{"seq": 2, "op": \n')

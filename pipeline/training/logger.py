@@ -321,6 +321,8 @@ def _apply(client: MlflowClient, record: dict, base_dir: Path, logged_steps: dic
 
 def _read_buffer(path: Path) -> list[tuple[int, dict]]:
     """The records of a buffer file with their line numbers; ``BufferFileError`` at the first bad line."""
+    if path.is_dir():
+        raise BufferFileError(f"{path} is a folder; expected a tracking buffer file (JSONL) named by the error")
     if not path.is_file():
         raise BufferFileError(f"tracking buffer file {path} does not exist")
     records = []
