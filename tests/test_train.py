@@ -456,6 +456,17 @@ def test_bad_values_are_named_in_one_line_and_nothing_is_written(shards, tmp_pat
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run.yaml"]
 
 
+def test_a_dashboard_url_as_ray_address_is_named(shards, tmp_path, capsys, monkeypatch):
+    """The README has users set RAY_ADDRESS=http://HEAD:8265 for submit and jobs; train says what to do instead."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    assert main(train_args(shards, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "RAY_ADDRESS=http://127.0.0.1:8265 is a Ray dashboard (Jobs API) address" in err
+    assert "nrd-bench submit -- nrd-bench" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_folder_as_config_file_is_named(shards, tmp_path, capsys):
     assert main([*train_args(shards, tmp_path), "--config", str(tmp_path)]) == 2
     assert f"{tmp_path}: is a folder; expected a YAML file" in capsys.readouterr().err

@@ -15,6 +15,7 @@ def start_ray(address: str | None) -> bool:
     resources). True when it connected to a cluster by address (which may autoscale), else False."""
     import ray
 
+    check_ray_address(address)
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -26,6 +27,19 @@ def start_ray(address: str | None) -> bool:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         init_local_ray(log_to_driver=True)
         return False
+
+
+def check_ray_address(address: str | None) -> None:
+    """Refuse a dashboard URL where Ray needs its cluster address: the README's cluster section has users set
+    ``RAY_ADDRESS=http://HEAD:8265`` for ``submit`` and ``jobs``, and Ray itself only says "Invalid Ray address"."""
+    source, value = ("--address", address) if address else ("RAY_ADDRESS", os.environ.get("RAY_ADDRESS", ""))
+    if value.strip().lower().startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{source}={value} is a Ray dashboard (Jobs API) address, which `nrd-bench submit` and `nrd-bench jobs` "
+            "use; train, tune and demo join a cluster by its GCS address (HOST:6379, or auto on a node of it). Run "
+            f"this command on the cluster with `nrd-bench submit -- nrd-bench ...`, or unset {source} to start a "
+            "local Ray"
+        )
 
 
 def free_port() -> int:
