@@ -260,9 +260,12 @@ def expected_ranks(ids: dict) -> dict[str, dict[str, int | None]]:
 def check_tags(client: MlflowClient, store: dict) -> None:
     for ranks in expected_ranks(store["runs"]).values():
         for run_id, rank in ranks.items():
-            tags = client.get_run(run_id).data.tags
+            data = client.get_run(run_id).data
+            tags = data.tags
             assert tags["pareto_optimal"] == ("true" if rank == 0 else "false")
             assert tags["pareto_rank"] == ("none" if rank is None else str(rank))
+            assert data.metrics["pareto_optimal"] == (1.0 if rank == 0 else 0.0)  # metrics sort as numbers
+            assert data.metrics.get("pareto_rank") == (None if rank is None else float(rank))
             assert tags["pareto_axes"] == "gmacs_model min, mIoU max"
     assert "pareto_rank" not in client.get_run(store["runs"]["c-running"]).data.tags
     assert "pareto_rank" not in client.get_run(store["parent"]).data.tags
@@ -483,6 +486,8 @@ def test_intervals_group_repeats_and_front_probability_is_certain_where_dominanc
     assert "10.00 (no interval: no per-image counts)" in printed
     tags = {name: client.get_run(run_id).data.tags[PARETO_PROBABILITY_TAG] for name, run_id in ids.items()}
     assert tags == {"best-s0": "1.000", "best-s1": "1.000", "worse": "0.000", "old": "none"}
+    metrics = {name: client.get_run(run_id).data.metrics.get(PARETO_PROBABILITY_TAG) for name, run_id in ids.items()}
+    assert metrics == {"best-s0": 1.0, "best-s1": 1.0, "worse": 0.0, "old": None}
     curves = json.loads((out / "camvid_mIoU_learning_curves.json").read_text())
     by_key = {entry["config_key"]: entry for entry in curves["configurations"]}
     assert by_key["key-best"]["iterations"] == [100, 200, 300] and by_key["key-best"]["seeds"] == [2, 2, 2]

@@ -30,12 +30,13 @@ import contextlib
 import csv
 import io
 import sys
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import RunTag
+from mlflow.entities import Metric, RunTag
 
 from pipeline.files import write_atomic
 from pipeline.names import (
@@ -287,8 +288,8 @@ def _number(value: float | None) -> str:
 
 # ------------------------------------------------------------------------------------------------------- MLflow
 def tag_runs(groups: dict[str, DatasetRuns]) -> int:
-    """Set ``pareto_optimal``, ``pareto_rank`` and ``pareto_axes`` on every finished run of ``groups`` (one request
-    per run); returns the number of runs tagged."""
+    """Set ``pareto_optimal``, ``pareto_rank`` and ``pareto_axes`` on every finished run of ``groups``, the first
+    two also as metrics (1/0 and the rank; one request per run); returns the number of runs tagged."""
     tagged = 0
     for runs in groups.values():
         axes = f"{runs.x} min, {runs.y} max"
@@ -300,7 +301,15 @@ def tag_runs(groups: dict[str, DatasetRuns]) -> int:
                     PARETO_RANK_TAG: str(point.rank).lower(),
                     PARETO_AXES_TAG: axes,
                 }
-                client.log_batch(point.run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+                # also as metrics, which sort and filter as numbers in the UI (the tag "10" sorts before "2")
+                numbers = {PARETO_OPTIMAL_TAG: float(point.on_front)}
+                numbers |= {PARETO_RANK_TAG: float(point.rank)} if point.rank is not None else {}
+                now = int(time.time() * 1000)
+                client.log_batch(
+                    point.run_id,
+                    metrics=[Metric(key, value, now, 0) for key, value in numbers.items()],
+                    tags=[RunTag(key, value) for key, value in tags.items()],
+                )
                 tagged += 1
     return tagged
 

@@ -12,12 +12,13 @@ import csv
 import io
 import json
 import tempfile
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import RunTag
+from mlflow.entities import Metric, RunTag
 
 from nrd.evidence import IMAGE_COUNTS_FILE, ImageCounts, ImageCountsError, read_image_counts
 from pipeline.files import write_atomic
@@ -217,13 +218,20 @@ def write_interval_reports(front: IntervalFront, out_dir: Path, rising: Collecti
 
 
 def tag_probabilities(front: IntervalFront) -> int:
-    """``pareto_probability`` on every run of every configuration (``none`` without an interval)."""
+    """``pareto_probability`` on every run of every configuration, as a tag (``none`` without an interval) and as a
+    metric (none without)."""
     tagged = 0
     with mlflow_call(front.runs.scope.tracking_uri):
         client = MlflowClient(front.runs.scope.tracking_uri)
         for configuration in front.configurations:
             value = "none" if configuration.probability is None else f"{configuration.probability:.3f}"
+            metrics = [] if configuration.probability is None else [configuration.probability]
             for point in configuration.runs:
-                client.log_batch(point.run_id, tags=[RunTag(PARETO_PROBABILITY_TAG, value)])
+                now = int(time.time() * 1000)
+                client.log_batch(
+                    point.run_id,
+                    metrics=[Metric(PARETO_PROBABILITY_TAG, number, now, 0) for number in metrics],
+                    tags=[RunTag(PARETO_PROBABILITY_TAG, value)],
+                )
                 tagged += 1
     return tagged
