@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -78,6 +79,8 @@ def check_sweep(tracking_uri, parent_id, tmp_path, capsys, decoders: list[str], 
     assert finished
     for run in trials:  # a trial ASHA stopped is closed, not left RUNNING
         assert run.data.tags["trial_id"] and run.info.status in ("FINISHED", "KILLED")
+        tags = run.data.tags  # named for a person reading the MLflow UI (the seed too when repeated)
+        assert re.fullmatch(rf"{tags['decoder']}-{tags['encoder']}-{tags['trial_id']}(-seed\d+)?", run.info.run_name)
         assert (run.info.status == "KILLED") == (run.data.tags.get("stopped_early") == "true")
     for run in finished:
         assert {"mIoU", "gmacs_model", "loss"} <= set(run.data.metrics)

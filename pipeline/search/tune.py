@@ -158,7 +158,10 @@ def run_trial(
         ray.tune.report(read_result(directory))
         return
     tags = {TRIAL_ID_TAG: trial_id, SWEEP_TAG: sweep["name"], TRIAL_VALUES_TAG: json.dumps(values, default=str)}
-    train(config, manifest, parent_run_id=sweep["run_id"], extra_tags=tags, in_tune_trial=True)
+    # a name a person can read in the MLflow UI; the folder keeps the trial id, which resumed sweeps look for
+    name = f"{config.model.decoder}-{config.model.encoder}-{trial_id}"
+    name += f"-seed{config.schedule.seed}" if space.search.seeds > 1 else ""
+    train(config, manifest, parent_run_id=sweep["run_id"], extra_tags=tags, in_tune_trial=True, run_name=name)
 
 
 def start_sweep(space: SearchSpace, base_config: TrainConfig, directory: Path, name: str) -> dict[str, str]:

@@ -34,18 +34,19 @@ def train(
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
     in_tune_trial: bool = False,
+    run_name: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the training run described by ``config``, resolved against the data set's ``manifest``
     (``pipeline.resolve.resolve``); returns the final metrics and run ids. ``parent_run_id`` nests the MLflow run
     (sweeps). ``in_tune_trial``: called from a Ray Tune trial, whose reports and checkpoints then go to Tune; a
     single-worker run trains in the trial's own process (``TrialSession``), a multi-worker one through its own
-    ``TorchTrainer``."""
+    ``TorchTrainer``. ``run_name``: the MLflow run's name, when it is not ``run.name`` (which names the folder)."""
     from pipeline.training.logger import RunLogger
 
     directory = run_directory(config)
     refuse_finished(config, directory)
     check_cluster(config, can_grow=start_ray(address), in_tune_trial=in_tune_trial)
-    record = start_tracking(config, manifest, directory, parent_run_id, extra_tags)
+    record = start_tracking(config, manifest, directory, parent_run_id, extra_tags, run_name)
     driver_logger = RunLogger(record["tracking_uri"], record["run_id"], str(directory / DRIVER_BUFFER))
     if in_tune_trial:  # the sweep ends the runs of trials that failed or were stopped (close_stopped_trials)
         return _train(config, manifest, directory, record, driver_logger, in_tune_trial)

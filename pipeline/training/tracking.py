@@ -160,9 +160,11 @@ def start_tracking(
     directory: Path,
     parent_run_id: str | None = None,
     extra_tags: dict | None = None,
+    run_name: str | None = None,
 ) -> dict[str, str]:
     """The MLflow run of a training run: created once (before any worker starts), found again on re-runs (and set
-    RUNNING again if an earlier attempt ended it FAILED or KILLED)."""
+    RUNNING again if an earlier attempt ended it FAILED or KILLED). ``run_name``: its name in MLflow (default the
+    run's ``run.name``, which also names its folder)."""
     tags = {
         DATASET_TAG: manifest["dataset"],
         DATASET_DIR_TAG: config.data.dataset_dir,
@@ -176,7 +178,12 @@ def start_tracking(
     }
     uri = resolve_tracking_uri(config.run.tracking_uri)
     record, new = open_run(
-        directory / RUN_RECORD, uri, config.run.experiment, config.run.name, tags | (extra_tags or {}), parent_run_id
+        directory / RUN_RECORD,
+        uri,
+        config.run.experiment,
+        run_name or config.run.name,
+        tags | (extra_tags or {}),
+        parent_run_id,
     )
     if not new:  # resumed: a run that ended FAILED or KILLED (an interruption) is running again
         with mlflow_call(uri):
