@@ -416,6 +416,10 @@ def test_verify_shards_names_every_bad_shard_and_caches_hashes(tmp_path, monkeyp
     shards = shard_files(root)
     assert verify_shards(root, manifest) == len(shards)  # first time: every shard hashed
     assert verify_shards(root, manifest) == 0  # unchanged: the cache vouches for all
+    cache = tmp_path / "cache" / "nrd-bench" / "shard_sha256.json"
+    damaged = {key: {"stamp": entry["stamp"]} for key, entry in json.loads(cache.read_text()).items()}
+    cache.write_text(json.dumps(damaged))  # entries without their hash: hashed again, never trusted
+    assert verify_shards(root, manifest) == len(shards)
     umask = os.umask(0)
     os.umask(umask)
     assert {stat.S_IMODE(path.stat().st_mode) for path in [*shards, root / "manifest.json"]} == {0o666 & ~umask}

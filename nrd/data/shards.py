@@ -36,8 +36,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ROW_GROUP_ROWS = 16  # small row groups: random access reads one group, not a whole shard
 TEMP_SUFFIX = ".tmp"
-UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
-os.umask(UMASK)
 SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -253,7 +251,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     is removed if anything fails."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(descriptor)
-    os.chmod(temporary, 0o666 & ~UMASK)  # mkstemp's 0600 would hide the data from workers running as other users
+    os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the data from other users' workers
     try:
         write(Path(temporary))
         with open(temporary, "rb+") as file:
@@ -262,6 +260,20 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read from /proc on Linux; elsewhere by setting and restoring it (os.umask's only way,
+    which briefly changes it for other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, data: dict) -> None:

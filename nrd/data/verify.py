@@ -51,9 +51,9 @@ def verify_shards(root: str | Path, manifest: dict, cache: Path | None = None) -
                 stamp = _stamp(path.stat())
                 key = str(path.resolve())
                 cached = known.get(key)
-                if isinstance(cached, dict) and cached.get("stamp") == stamp:
-                    digest = cached.get("sha256")
-                else:
+                if isinstance(cached, dict) and cached.get("stamp") == stamp and isinstance(cached.get("sha256"), str):
+                    digest = cached["sha256"]
+                else:  # not cached, changed since, or a damaged entry
                     digest, hashed = file_sha256(path), hashed + 1
                     known[key], changed = {"stamp": stamp, "sha256": digest}, True
             except FileNotFoundError:
