@@ -30,7 +30,8 @@ class UnknownNameError(NRDBenchError, ValueError):
         self.valid = sorted(valid)
         close = difflib.get_close_matches(str(name), self.valid, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        super().__init__(f"unknown {kind} {name!r}{hint}; valid: {', '.join(self.valid)}")
+        listing = f"valid: {', '.join(self.valid)}" if self.valid else "there is none to choose from"
+        super().__init__(f"unknown {kind} {name!r}{hint}; {listing}")
 
 
 class InvalidHyperparameterError(NRDBenchError, ValueError):

@@ -25,7 +25,7 @@ from typing import Any
 from nrd import DECODERS, ModelConfig, decoder_arguments
 from nrd.errors import UnknownNameError
 from nrd.losses import LOSS_REDUCTIONS
-from pipeline.values import ConfigError, merge, read_section, require
+from pipeline.values import ConfigError, is_folder_name, merge, read_section, require
 
 
 @dataclass(frozen=True)
@@ -269,8 +269,7 @@ class TrainConfig:
         )
         name = self.run.name
         require(
-            name in (None, "")
-            or (isinstance(name, str) and name.strip() not in ("", ".", "..") and not set(name) & set("/\\\0")),
+            name in (None, "") or is_folder_name(name),
             source,
             "run.name",
             name,

@@ -103,3 +103,11 @@ def convert_value(value: Any, default: Any) -> Any:
 def require(ok: bool, source: str, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise InvalidHyperparameterError(source, key, value, expected)
+
+
+SWEEP_NAME_EXPECTED = "a folder name inside the storage path (no '/', not '.' or '..')"
+
+
+def is_folder_name(name: Any) -> bool:
+    """One folder name (a run's or a sweep's), so that joining it to its parent folder stays inside that folder."""
+    return isinstance(name, str) and name.strip() not in ("", ".", "..") and not set(name) & set("/\\\0")

@@ -446,5 +446,7 @@ def test_cli_prepare_names_an_output_folder_it_cannot_write(tmp_path, capsys, wh
     out = tmp_path / "a-file" / "shards" if where == "through a file" else Path("/proc/nrd-bench-shards")
     assert main(["prepare", "--dataset", "synthetic", "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert f"--out='{out}' is invalid; expected a folder that can be written" in err and "Traceback" not in err
+    assert (
+        f"--out='{out}' is invalid; expected a folder that can be created and written" in err and "Traceback" not in err
+    )
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]

@@ -75,13 +75,17 @@ TRACEBACK_VARIABLE = "NRD_BENCH_TRACEBACK"
 
 
 def main(argv: list[str] | None = None) -> int:
+    # MLflow draws a progress bar per artifact download on stderr: a command's errors stay one line without them
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     args.parser, args.run_command = parser, main
     try:
         return int(args.handler(args) or 0)
     except NRDBenchError as error:
-        print(f"nrd-bench {args.command}: error: {error}", file=sys.stderr)
+        prefix = f"nrd-bench {args.command}: "
+        message = str(error).removeprefix(prefix)  # errors that name the command already
+        print(f"{prefix}error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nrd-bench {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import yaml
 
@@ -40,6 +45,39 @@ def decoder_args(pairs: list[tuple[str, object]], decoder: str) -> dict[str, obj
             raise InvalidHyperparameterError("--decoder-arg", key, value, f"a hyperparameter of {decoder}, not {named}")
         arguments[argument] = value
     return arguments
+
+
+@contextlib.contextmanager
+def output_folder(command: str, flag: str, out: str | Path, root: str | Path | None = None) -> Iterator[Path]:
+    """``out`` created (with its parents) and checked writable before any work, and not the raw data's folder
+    ``root``; the folders this created are removed again if the command then fails while they are still empty."""
+    out = Path(out)
+    if root is not None and out.resolve() == Path(root).resolve():
+        expected = "a folder other than --root (the outputs would mix with the raw files)"
+        raise InvalidHyperparameterError(command, flag, str(out), expected)
+    created = [folder for folder in (out, *out.absolute().parents) if not folder.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        remove_empty(created)
+        expected = f"a folder that can be created and written ({error.strerror or error})"
+        raise InvalidHyperparameterError(command, flag, str(out), expected) from None
+    try:
+        yield out
+    except BaseException:
+        remove_empty(created)
+        raise
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each folder (deepest first) and the empty folders under it; any file, and so its folders, stays."""
+    for folder in folders:
+        inner = [Path(path) for path, _, _ in os.walk(folder, topdown=False)]
+        for path in [*inner, folder]:
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
 
 def add_address_argument(parser: argparse.ArgumentParser) -> None:

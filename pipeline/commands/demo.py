@@ -12,6 +12,8 @@ from pathlib import Path
 
 from nrd.data import DATASETS, create_dataset, prepare_shards
 from nrd.errors import InvalidHyperparameterError, UnknownNameError
+from pipeline.commands.common import output_folder
+from pipeline.values import SWEEP_NAME_EXPECTED, is_folder_name
 
 SMOKE_SPACE = Path(__file__).resolve().parents[2] / "tune_spaces" / "smoke.yaml"
 SYNTHETIC = {"num_samples": {"train": 256, "val": 32}, "size": (128, 128), "num_classes": 6, "seed": 0}
@@ -53,6 +55,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise InvalidHyperparameterError("nrd-bench demo", "--data-root", str(args.data_root), "an existing folder")
     if not args.space.is_file():
         raise InvalidHyperparameterError("nrd-bench demo", "--space", str(args.space), "an existing search-space file")
+    if not is_folder_name(args.name):
+        raise InvalidHyperparameterError("nrd-bench demo", "--name", args.name, SWEEP_NAME_EXPECTED)
     if args.val_limit is not None and args.val_limit < 1:
         raise InvalidHyperparameterError("nrd-bench demo", "--val-limit", args.val_limit, "a positive integer")
 
@@ -63,11 +67,15 @@ def step(number: int, text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
-    from pipeline.search.tune import tune
-
     workdir = args.workdir.absolute()
     space, data_root = args.space.absolute(), args.data_root.absolute() if args.data_root else None
-    workdir.mkdir(parents=True, exist_ok=True)
+    with output_folder("nrd-bench demo", "--workdir", workdir):
+        return run_in(args, workdir, space, data_root)
+
+
+def run_in(args: argparse.Namespace, workdir: Path, space: Path, data_root: Path | None) -> int:
+    from pipeline.search.tune import tune
+
     os.chdir(workdir)  # MLflow's artifacts (mlartifacts/) and Ray Tune's files land in the demo's folder
     tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
     started = time.perf_counter()

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from nrd.errors import InvalidHyperparameterError
+from pipeline.commands.common import output_folder
 
 
 def register(subparsers) -> None:
@@ -63,15 +64,21 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.results import front as pareto  # importing mlflow and matplotlib takes seconds: only when used
-    from pipeline.results.plots import write_reports
     from pipeline.training.tracking import resolve_tracking_uri
 
     if args.resamples is not None and args.resamples < 1:
         raise InvalidHyperparameterError("nrd-bench pareto", "--resamples", args.resamples, "a positive integer")
     uri = resolve_tracking_uri(args.tracking_uri)
+    with output_folder("nrd-bench pareto", "--out", args.out) as out:
+        return report_fronts(args, uri, out.absolute())
+
+
+def report_fronts(args: argparse.Namespace, uri: str, out: Path) -> int:
+    from pipeline.results import front as pareto  # importing mlflow and matplotlib takes seconds: only when used
+    from pipeline.results.plots import write_reports
+
     groups = pareto.collect_runs(uri, args.experiment, args.parent_run, args.dataset, args.x, args.y)
-    paths = write_reports(groups, args.out.absolute())
+    paths = write_reports(groups, out)
     fronts, curves = {}, {}
     if not args.no_intervals:
         from pipeline.results.intervals import interval_front, write_interval_reports
@@ -83,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
         for name, front in fronts.items():
             curves[name] = learning_curves(front)
-            paths[name] += write_interval_reports(front, args.out.absolute(), curves[name].rising())
-            paths[name] += write_learning_curves(curves[name], args.out.absolute())
+            paths[name] += write_interval_reports(front, out, curves[name].rising())
+            paths[name] += write_learning_curves(curves[name], out)
     logged_to = tagged = None
     if not args.no_tag:
         from pipeline.results.intervals import tag_probabilities

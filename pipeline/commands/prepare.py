@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
-from pathlib import Path
 
 from nrd.data import DATASETS, create_dataset, prepare_shards
 from nrd.data.synthetic import DEFAULT_NUM_SAMPLES
 from nrd.errors import InvalidHyperparameterError
-from pipeline.commands.common import parse_size
+from pipeline.commands.common import output_folder, parse_size
 
 SYNTHETIC_FLAGS = {
     "num_train": "--num-train",
@@ -54,26 +52,6 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def check_output_folder(out: Path, root: Path | None) -> None:
-    """``--out`` is a folder this process can create and write in, and not the raw data's own folder."""
-    out = Path(out)
-    if root is not None and out.resolve() == Path(root).resolve():
-        raise InvalidHyperparameterError(
-            "nrd-bench prepare",
-            "--out",
-            str(out),
-            "a folder other than --root (the shards would mix with the raw files)",
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as error:
-        raise InvalidHyperparameterError(
-            "nrd-bench prepare", "--out", str(out), f"a folder that can be written ({error.strerror or error})"
-        ) from None
-
-
 def run(args: argparse.Namespace) -> int:
     options = {key: getattr(args, key) for key in SYNTHETIC_FLAGS if getattr(args, key) is not None}
     if args.dataset == "synthetic":
@@ -93,17 +71,17 @@ def run(args: argparse.Namespace) -> int:
     if not splits:
         expected = f"comma-separated splits of {args.dataset} ({', '.join(dataset.splits)})"
         raise InvalidHyperparameterError("nrd-bench prepare", "--splits", args.splits, expected)
-    check_output_folder(args.out, args.root)
-    manifest = prepare_shards(
-        dataset,
-        args.out,
-        splits=splits,
-        shard_size=args.shard_size,
-        skip_bad=args.skip_bad,
-        limit=args.limit,
-        workers=args.workers,
-        progress=not args.quiet,
-    )
+    with output_folder("nrd-bench prepare", "--out", args.out, args.root) as out:
+        manifest = prepare_shards(
+            dataset,
+            out,
+            splits=splits,
+            shard_size=args.shard_size,
+            skip_bad=args.skip_bad,
+            limit=args.limit,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
     counts = ", ".join(f"{split} {entry['count']}" for split, entry in manifest["splits"].items())
     print(f"prepared {manifest['dataset']} in {args.out}: {counts} samples")
     if manifest["skipped"]:

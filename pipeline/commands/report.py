@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from nrd.errors import InvalidHyperparameterError
+from pipeline.commands.common import output_folder
 
 
 def register(subparsers) -> None:
@@ -46,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.training.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    scope, reports = report.collect_report(uri, args.experiment, args.dataset, args.resamples or RESAMPLES)
-    paths = report.write_report(scope, reports, args.out.absolute(), args.dataset)
+    with output_folder("nrd-bench report", "--out", args.out) as out:
+        scope, reports = report.collect_report(uri, args.experiment, args.dataset, args.resamples or RESAMPLES)
+        paths = report.write_report(scope, reports, out.absolute(), args.dataset)
     print("\n".join(report.to_markdown(item, scope) for item in reports.values()), end="")
     print("wrote " + ", ".join(map(str, paths)), file=sys.stderr)
     return 0

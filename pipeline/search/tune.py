@@ -46,7 +46,7 @@ from pipeline.training.checkpoints import read_result
 from pipeline.training.cluster import start_ray
 from pipeline.training.run import train
 from pipeline.training.tracking import open_run, resolve_tracking_uri
-from pipeline.values import merge
+from pipeline.values import SWEEP_NAME_EXPECTED, is_folder_name, merge, require
 
 
 def tune_distribution(kind: str, arguments: Any):
@@ -268,11 +268,12 @@ def tune(
     import ray
     from ray import tune as ray_tune
 
+    name = name or Path(space_path).stem
+    require(is_folder_name(name), "nrd-bench tune", "--name", name, SWEEP_NAME_EXPECTED)
     space = load_space(space_path)
     overrides = {"data": {"dataset_dir": dataset_dir}} if dataset_dir else {}
     base_dict = merge(merge(base or {}, space.trial_overrides({})), overrides)
     base_config, manifest = resolve(TrainConfig.from_dict(base_dict, source=space_path))  # once for the sweep
-    name = name or Path(space_path).stem
     storage = Path(base_config.run.storage_path)
     directory = storage / name
     if resume and not directory.exists():
