@@ -28,6 +28,7 @@ CONFIG_KEY_TAG = "config_key"  # TrainConfig.config_key(): runs with equal keys 
 PARETO_OPTIMAL_TAG = "pareto_optimal"
 PARETO_RANK_TAG = "pareto_rank"
 PARETO_AXES_TAG = "pareto_axes"
+NOTE_TAG = "mlflow.note.content"  # MLflow's own: the run's description, Markdown, shown on its page
 PARETO_PROBABILITY_TAG = "pareto_probability"  # share of bootstrap resamples with the run's configuration on the front
 
 # ------------------------------------------------------------------------------------------------- MLflow metrics
@@ -61,5 +62,6 @@ CHECKPOINT_STATE = "state.pt"  # full training state in a Ray checkpoint
 CHECKPOINT_WEIGHTS = "model.pt"  # the model's state_dict, in checkpoints and as the MLflow artifact
 WEIGHTS_ARTIFACT_DIR = "weights"
 PREDICTIONS_ARTIFACT_DIR = "predictions"
+PARETO_ARTIFACT_DIR = "pareto"  # the front's plots, CSV and JSON, on the run that holds the front
 PER_CLASS_FILE = "per_class_iou.csv"
 # the per-image TP/FP/FN counts of the final evaluation: nrd.evidence.IMAGE_COUNTS_FILE ("image_counts.npz")

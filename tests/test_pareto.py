@@ -296,6 +296,7 @@ def test_parent_run_on_sqlite(sqlite_store, tmp_path, capsys):
     check_json(json.loads(capsys.readouterr().out), store)
     client = MlflowClient(uri)
     check_tags(client, store)
+    check_summary(client, store)
     logged = sorted(artifact.path for artifact in client.list_artifacts(store["parent"], "pareto"))
     kinds = (".csv", ".json", ".png", "_intervals.csv", "_intervals.json", "_intervals.png")
     files = [
@@ -318,20 +319,45 @@ def test_parent_run_on_sqlite(sqlite_store, tmp_path, capsys):
     assert {row["nrd.dyn_channels"] for row in rows} == {"16", "32", ""}  # varies among the runs: a column
 
 
-def test_experiment_table_on_sqlite_reuses_the_pareto_run(sqlite_store, tmp_path, capsys):
+def check_summary(client: MlflowClient, store: dict, output: str | None = None) -> None:
+    """The sweep's parent run as the place to read the front: summary metrics, the front as its description, and
+    (when printed) links into the MLflow UI to the run, the front and the plots."""
+    parent = client.get_run(store["parent"])
+    metrics, statuses = parent.data.metrics, [row[8] for row in RUNS]
+    assert metrics["trials_finished"] == statuses.count("FINISHED") and metrics["trials_running"] == 1
+    assert metrics["trials_failed"] == statuses.count("FAILED") and metrics["trials_killed"] == statuses.count("KILLED")
+    names = {run_id: name for name, run_id in store["runs"].items()}
+    note = parent.data.tags["mlflow.note.content"]
+    for dataset, ranks in expected_ranks(store["runs"]).items():
+        finished = [row[7]["mIoU"] for row in RUNS if row[1] == dataset and row[8] == "FINISHED" and "mIoU" in row[7]]
+        assert metrics[f"best_mIoU_{dataset}"] == max(finished)
+        front = [names[run_id] for run_id, rank in ranks.items() if rank == 0]
+        assert metrics[f"front_size_{dataset}"] == len(front)
+        section = note[note.index(f"## {dataset}: gmacs_model") :]
+        rows = [line.split(" | ")[0].removeprefix("| ") for line in section.splitlines() if line.startswith("| ")]
+        assert set(front) <= set(rows[1:])  # every front run in the table (below its header)
+        assert not {names[run_id] for run_id, rank in ranks.items() if rank != 0} & set(rows)
+    experiment = f"http://127.0.0.1:5000/#/experiments/{store['experiment_id']}"
+    assert f"- run: {experiment}/runs/{store['parent']}" in note
+    assert "runs?searchFilter=metrics.pareto_optimal%20%3D%201%20AND%20tags.%60mlflow.parentRunId%60" in note
+    assert f"/runs/{store['parent']}/artifactPath/pareto/camvid_mIoU_vs_gmacs_model.png" in note
+    if output is not None:
+        assert f"  run: {experiment}/runs/{store['parent']}" in output
+
+
+def test_experiment_table_on_sqlite_goes_to_its_one_sweep(sqlite_store, tmp_path, capsys):
+    """Every run of the experiment is a trial of one sweep: the front of the whole experiment is that sweep's, and
+    goes to its parent run as with --parent-run, not to a separate run."""
     uri, store = sqlite_store
     client = MlflowClient(uri)
     command = ["pareto", "--experiment", "bench", "--tracking-uri", uri, "--out", str(tmp_path)]
     for _ in range(2):
         assert main(command) == 0
         output = capsys.readouterr().out
-        pareto_runs = client.search_runs([store["experiment_id"]], f"tags.`{KIND_TAG}` = '{KIND_PARETO}'")
-        assert len(pareto_runs) == 1 and pareto_runs[0].info.run_name == "pareto"
-        assert pareto_runs[0].info.status == "FINISHED"
-    logged = sorted(
-        item.path.removeprefix("pareto/") for item in client.list_artifacts(pareto_runs[0].info.run_id, "pareto")
-    )
+        assert not client.search_runs([store["experiment_id"]], f"tags.`{KIND_TAG}` = '{KIND_PARETO}'")
+    logged = sorted(item.path.removeprefix("pareto/") for item in client.list_artifacts(store["parent"], "pareto"))
     assert logged == sorted(path.name for path in tmp_path.iterdir())  # every file written to --out, logged once
+    check_summary(client, store, output)
     for data_set in ("camvid", "cityscapes"):  # front, intervals and learning curves for each data set
         assert {f"{data_set}_mIoU_vs_gmacs_model.csv", f"{data_set}_mIoU_learning_curves.png"} <= set(logged)
     check_tags(client, store)  # the pareto run itself is not a point: the ranks are the same
@@ -414,8 +440,9 @@ def test_against_an_mlflow_server(mlflow_server, tmp_path, capsys):
     check_tags(client, store)
     assert main(command) == 0
     capsys.readouterr()
-    pareto_runs = client.search_runs([store["experiment_id"]], f"tags.`{KIND_TAG}` = '{KIND_PARETO}'")
-    assert len(pareto_runs) == 1
+    assert not client.search_runs([store["experiment_id"]], f"tags.`{KIND_TAG}` = '{KIND_PARETO}'")  # one sweep's
+    note = client.get_run(store["parent"]).data.tags["mlflow.note.content"]  # links to the server's own UI
+    assert f"- run: {mlflow_server.uri}/#/experiments/{store['experiment_id']}/runs/{store['parent']}" in note
     artifacts = mlflow_server.root / "artifacts" / store["experiment_id"]  # the server is shared by the session
     uploaded = sorted(path.name for path in artifacts.rglob("*") if path.is_file())
     assert uploaded == sorted(path.name for path in out.iterdir())
@@ -511,3 +538,29 @@ def test_intervals_group_repeats_and_front_probability_is_certain_where_dominanc
     assert main([*pair, "key-best", "nrd/resnet18"]) == 2  # every configuration here is nrd/resnet18
     error = capsys.readouterr().err
     assert "'nrd/resnet18' matches several configurations" in error and "key-worse" in error
+
+
+def test_runs_of_several_sweeps_or_none_put_the_front_on_one_reused_pareto_run(tmp_path, capsys):
+    """An experiment holding a run outside any sweep: the front is nobody's sweep, so its files go to the one run
+    named ``pareto`` (created once, reused, FINISHED), which gets the description but no trial counts."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = populate(uri, "mixed", (tmp_path / "artifacts").as_uri())
+    client = MlflowClient(uri)
+    tags = {"dataset": "camvid", "decoder": "bilinear", "encoder": "resnet18", "eval_input": "1x3x360x480"}
+    alone = client.create_run(store["experiment_id"], tags=tags, run_name="alone").info.run_id
+    client.log_batch(alone, metrics=[Metric("gmacs_model", 1.0, 0, 0), Metric("mIoU", 1.0, 0, 0)])
+    client.set_terminated(alone, "FINISHED")
+    command = ["pareto", "--experiment", "mixed", "--tracking-uri", uri, "--out", str(tmp_path / "out")]
+    for _ in range(2):
+        assert main(command) == 0
+        output = capsys.readouterr().out
+        pareto_runs = client.search_runs([store["experiment_id"]], f"tags.`{KIND_TAG}` = '{KIND_PARETO}'")
+        assert len(pareto_runs) == 1 and pareto_runs[0].info.run_name == "pareto"
+        assert pareto_runs[0].info.status == "FINISHED"
+    (run,) = pareto_runs
+    logged = sorted(item.path.removeprefix("pareto/") for item in client.list_artifacts(run.info.run_id, "pareto"))
+    assert logged == sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert "| alone | bilinear | resnet18 | 1.00 | 1.00 |" in run.data.tags["mlflow.note.content"]
+    assert "trials_finished" not in run.data.metrics and run.data.metrics["front_size_camvid"] >= 1
+    assert "artifactPath/pareto/camvid_mIoU_vs_gmacs_model.png" in output
+    assert "mlflow.note.content" not in client.get_run(store["parent"]).data.tags

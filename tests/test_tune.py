@@ -99,6 +99,14 @@ def check_sweep(tracking_uri, parent_id, tmp_path, capsys, decoders: list[str], 
     tagged = {run.info.run_id: run.data.tags for run in children(client, parent)}
     assert all(tags["pareto_optimal"] in ("true", "false") for tags in tagged.values())
     assert any(tags["pareto_optimal"] == "true" for tags in tagged.values())
+    summary = client.get_run(parent_id).data  # the parent run sums the sweep up
+    assert summary.metrics["trials_finished"] == len(finished) and summary.metrics["front_size"] >= 1
+    assert summary.metrics["best_mIoU"] == max(run.data.metrics["mIoU"] for run in finished)
+    note = summary.tags["mlflow.note.content"]
+    front_names = [run.info.run_name for run in children(client, parent) if run.data.tags["pareto_optimal"] == "true"]
+    assert all(f"| {name} |" in note for name in front_names), note
+    ui = tracking_uri if tracking_uri.startswith("http") else "http://127.0.0.1:5000"  # `mlflow ui` for a local store
+    assert f"  run: {ui}/#/experiments/{parent.info.experiment_id}/runs/{parent_id}" in printed
 
     report = tmp_path / "report"
     experiment = client.get_experiment(parent.info.experiment_id).name

@@ -19,7 +19,10 @@ def register(subparsers) -> None:
             "rank them by non-dominated sorting on a cost metric (--x, minimised) and an accuracy metric (--y, "
             "maximised). Prints a table per data set, writes a plot and a CSV per data set and a JSON for all, tags "
             "every run pareto_optimal, pareto_rank and pareto_axes, and logs the files under pareto/ to the sweep's "
-            "parent run, or else to the experiment's run named 'pareto'. Unless --no-intervals: runs with equal "
+            "parent run (with --experiment too, when every run is a trial of one sweep; else to the experiment's "
+            "run named 'pareto'), with summary metrics (best_<y>, front_size, trials_finished/failed/killed/"
+            "running), the front as the run's Markdown description, and prints links into the MLflow UI: the run, "
+            "the experiment's runs filtered to the front, the plots. Unless --no-intervals: runs with equal "
             "config_key tags are grouped as repeats (seeds) of one configuration, and each configuration gets its "
             "mean y with a 95% percentile-bootstrap interval (over validation images, from the runs' per-image "
             "counts image_counts.npz, and over seeds) and its front probability (the share of resamples in which it "
@@ -99,8 +102,14 @@ def report_fronts(args: argparse.Namespace, uri: str, out: Path) -> int:
         tagged = pareto.tag_runs(groups)
         for front in fronts.values():
             tag_probabilities(front)
+        from pipeline.results import publish
+
         scope = next(iter(groups.values())).scope
-        logged_to = pareto.log_reports(scope, [path for files in paths.values() for path in files])
+        files = [path for paths_of in paths.values() for path in paths_of]
+        sweep_run = publish.publication_run(groups)
+        logged_to = publish.log_reports(scope, files, sweep_run)
+        links = publish.ui_links(scope, logged_to, [path for path in files if path.suffix == ".png"], bool(sweep_run))
+        publish.summarize(groups, fronts, logged_to, links, bool(sweep_run))
     if args.json:
         result = pareto.to_json(groups)
         for name, front in fronts.items():
@@ -126,7 +135,9 @@ def report_fronts(args: argparse.Namespace, uri: str, out: Path) -> int:
     if logged_to:
         probability_tag = ", pareto_probability" if fronts else ""
         print(
-            f"tagged {tagged} runs (pareto_optimal, pareto_rank, pareto_axes{probability_tag}); files logged to run "
-            f"{logged_to} under {pareto.ARTIFACT_DIR}/"
+            f"tagged {tagged} runs (pareto_optimal, pareto_rank, pareto_axes{probability_tag}); files, summary "
+            f"metrics and the front as its description logged to run {logged_to} (files under pareto/)"
         )
+        print("in the MLflow UI" + ("" if scope.tracking_uri.startswith("http") else " (run `mlflow ui` first)") + ":")
+        print("\n".join(f"  {name}: {address}" for name, address in links.items()))
     return 0

@@ -82,6 +82,7 @@ class RunPoint:
     x: float | None
     y: float | None
     rank: int | None = None
+    parent_run_id: str | None = None  # the sweep's run, for a trial
 
     @property
     def on_front(self) -> bool:
@@ -252,4 +253,5 @@ def run_point(run: Run, x: str | None, y: str) -> RunPoint:
         hyperparameters=hyperparameters(params, decoder),
         x=metrics[x] if x is not None and usable(metrics.get(x)) else None,
         y=metrics[y] if usable(metrics.get(y)) else None,
+        parent_run_id=tags.get(PARENT_RUN_TAG),
     )

@@ -17,19 +17,15 @@ Rules of the comparison (``pareto_ranks``, ``pareto_front``):
 What is written back to MLflow (unless told not to): every finished run in scope gets the tags ``pareto_optimal``
 (``true``/``false``), ``pareto_rank`` (the rank; ``none`` when the run lacks x or y, which also makes it
 ``pareto_optimal=false``) and ``pareto_axes`` (e.g. ``gmacs_model min, mIoU max``: the comparison the two tags come
-from; the latest analysis of a run wins). The plots, CSV files and JSON go, as artifacts under ``pareto/``, to the
-sweep's parent run when a parent run is analysed, else to one run named ``pareto`` in the experiment (tagged
-``nrd_bench.kind=pareto``, created once and reused). Bookkeeping runs (``nrd_bench.kind`` ``sweep`` or ``pareto``,
-and any run that has child runs) are never points.
+from; the latest analysis of a run wins). Where the plots, CSV files and JSON go: ``pipeline.results.publish``.
+Bookkeeping runs (``nrd_bench.kind`` ``sweep`` or ``pareto``, and any run that has child runs) are never points.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
 import csv
 import io
-import sys
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -41,18 +37,13 @@ from mlflow.entities import Metric, RunTag
 from pipeline.files import write_atomic
 from pipeline.names import (
     GMACS_MODEL,
-    KIND_PARETO,
-    KIND_TAG,
     MIOU,
     PARETO_AXES_TAG,
     PARETO_OPTIMAL_TAG,
     PARETO_RANK_TAG,
 )
 from pipeline.results.catalogue import RunPoint, Scope, read_catalogue, run_point, usable
-from pipeline.training.tracking import create_run, mlflow_call
-
-PARETO_RUN_NAME = "pareto"
-ARTIFACT_DIR = "pareto"
+from pipeline.training.tracking import mlflow_call
 
 
 def pareto_ranks(xs: Sequence[float | None], ys: Sequence[float | None]) -> list[int | None]:
@@ -312,25 +303,3 @@ def tag_runs(groups: dict[str, DatasetRuns]) -> int:
                 )
                 tagged += 1
     return tagged
-
-
-def log_reports(scope: Scope, files: list[Path]) -> str:
-    """Upload ``files`` under ``pareto/`` to the parent run of ``scope``, else to the experiment's ``pareto`` run
-    (created on first use, tagged ``nrd_bench.kind=pareto``, reused afterwards); returns that run's id."""
-    with mlflow_call(scope.tracking_uri):
-        client = MlflowClient(scope.tracking_uri)
-        run_id = scope.parent_run_id
-        if run_id is None:
-            query = f"tags.`{KIND_TAG}` = '{KIND_PARETO}'"
-            found = client.search_runs(
-                [scope.experiment_id], query, order_by=["attributes.start_time ASC"], max_results=1
-            )
-            run_id = found[0].info.run_id if found else None
-        if run_id is None:
-            run_id = create_run(scope.tracking_uri, scope.experiment_id, PARETO_RUN_NAME, tags={KIND_TAG: KIND_PARETO})
-        for path in files:
-            client.log_artifact(run_id, str(path), ARTIFACT_DIR)
-        if scope.parent_run_id is None:
-            with contextlib.redirect_stdout(sys.stderr):  # MLflow prints the run's URL: keep stdout for our output
-                client.set_terminated(run_id, "FINISHED")
-    return run_id
