@@ -36,6 +36,7 @@ MIOU = "mIoU"  # the final single-scale val mIoU (%), what searches and reports 
 MIOU_MSFLIP = "mIoU_msflip"
 GMACS_MODEL = "gmacs_model"  # the default cost axis of the Pareto front
 ITERATION = "iteration"  # reported to Ray Tune with every evaluation; ASHA's time axis
+CLASS_IOU_PREFIX = "iou/"  # + the class's name: its IoU (%) at every evaluation, in MLflow only (not reported to Tune)
 VAL_METRICS = (MIOU, "aAcc", "mAcc", "mDice", "mBIoU")  # logged (and reported to Tune) at every evaluation
 # What a trial reports to Tune, so what a sweep's objectives may name (beside trimap_mIoU_<W>px)
 OBJECTIVE_METRICS = (

@@ -30,3 +30,14 @@ def test_every_command_has_a_section_in_the_reference():
     reference = cli_reference()
     for name in parser._subparsers._group_actions[0].choices:
         assert f"## nrd-bench {name}\n" in reference
+
+
+def test_version_is_the_projects(capsys):
+    import re
+
+    import pytest
+
+    expected = re.search(r'^version = "([^"]+)"', (Path(__file__).parents[1] / "pyproject.toml").read_text(), re.M)[1]
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"nrd-bench {expected}"

@@ -6,6 +6,7 @@ TorchTrainer.fit() ~20 s here); only the tests that start workers are ``slow``."
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import re
@@ -155,6 +156,11 @@ def test_two_workers_train_and_leave_a_complete_mlflow_record(two_worker_run, sh
     assert run.data.tags[CONFIG_KEY_TAG] == train_config.config_key()
     rows = (Path(client.download_artifacts(run_id, "per_class_iou.csv", str(tmp_path / "download")))).read_text()
     assert len(rows.strip().splitlines()) == 1 + 4  # header + one row per class
+    for row in csv.DictReader(rows.splitlines()):  # per-class IoU also as metrics, at every evaluation
+        history = client.get_metric_history(run_id, f"iou/{row['class_name']}")
+        if row["iou_percent"] != "nan":
+            assert sorted(m.step for m in history) == [30, 60]
+            assert max(history, key=lambda m: m.step).value == pytest.approx(float(row["iou_percent"]), abs=1e-9)
     pictures = client.list_artifacts(run_id, "predictions")
     assert pictures
     with Image.open(client.download_artifacts(run_id, pictures[0].path, str(tmp_path / "download"))) as picture:
@@ -525,3 +531,11 @@ def test_config_key_groups_runs_that_differ_only_in_seed(shards):
         {"data.val_limit": 3},
     ):
         assert base.updated(values).config_key() != base.config_key(), values
+
+
+def test_class_metrics_name_each_class_and_leave_out_absent_ones():
+    from pipeline.training.evaluation import class_metrics
+
+    manifest = {"class_names": ["road", "traffic light", "a/b", "sky"]}
+    values = {"per_class_iou": [50.0, 12.5, 7.0, float("nan")]}  # sky absent from the val split
+    assert class_metrics(values, manifest) == {"iou/road": 50.0, "iou/traffic light": 12.5, "iou/a_b": 7.0}

@@ -29,6 +29,16 @@ from pipeline.commands import (
 COMMANDS = (demo, compare, cost, evaluate, jobs, pareto, predict, prepare, replay, report, submit, train, tune)
 
 
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml's), or "unknown" when run from an uninstalled tree."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("nrd-bench")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nrd-bench",
@@ -37,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
             "accuracy-vs-cost Pareto front in MLflow, cluster jobs. Start with `nrd-bench demo`."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"nrd-bench {package_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(subparsers)

@@ -21,6 +21,7 @@ from nrd import DECODERS
 from nrd.errors import NRDBenchError, UnknownNameError
 from pipeline.config import DECODER_ARGS, RunSettings
 from pipeline.names import (
+    CLASS_IOU_PREFIX,
     DATASET_TAG,
     DECODER_TAG,
     ENCODER_TAG,
@@ -121,8 +122,12 @@ class Catalogue:
     def require_metric(self, metric: str, what: str) -> None:
         """``UnknownNameError`` (``what``) listing the metrics that finished runs have, when none has ``metric``."""
         metrics = {key for run in self.finished for key in run.data.metrics}
-        if metric not in metrics:
-            raise UnknownNameError(what, metric, metrics)
+        if metric not in metrics:  # one entry for the per-class IoUs, which can be 150
+            listed = {key for key in metrics if not key.startswith(CLASS_IOU_PREFIX)}
+            per_class = len(metrics) - len(listed)
+            raise UnknownNameError(
+                what, metric, listed | ({f"{CLASS_IOU_PREFIX}<class> ({per_class})"} if per_class else set())
+            )
 
 
 def find_scope(tracking_uri: str, experiment: str | None = None, parent_run_id: str | None = None) -> Scope:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from nrd.metrics import COUNT_FIELDS, SegmentationMetrics, per_image_counts
 from pipeline.config import TrainConfig
 from pipeline.names import (
     CHECKPOINT_WEIGHTS,
+    CLASS_IOU_PREFIX,
     COST_CONVENTION_TAG,
     EVAL_INPUT_TAG,
     PER_CLASS_FILE,
@@ -84,6 +87,17 @@ def evaluate(
         dist.all_gather_object(parts, part)  # every worker's images: rank 0 logs them as the run's evidence
     image_ids = tuple(name for ids, _ in parts for name in ids)
     return metrics, int(images), examples, (image_ids, np.concatenate([counts for _, counts in parts]))
+
+
+def class_metrics(values: dict, manifest: dict) -> dict[str, float]:
+    """``iou/<class name>``: each class's IoU (%) of one evaluation, the classes absent from the val split (NaN)
+    left out; names kept to what MLflow accepts in a metric key."""
+    metrics = {}
+    for index, name in enumerate(manifest["class_names"]):
+        value = float(values["per_class_iou"][index])
+        if math.isfinite(value):
+            metrics[CLASS_IOU_PREFIX + re.sub(r"[^A-Za-z0-9_.\- ]", "_", str(name))] = value
+    return metrics
 
 
 def eval_shape(examples: list, config: TrainConfig) -> tuple[int, int, int, int]:

@@ -21,7 +21,7 @@ from nrd.losses import segmentation_loss
 from pipeline.config import ConfigError, ScheduleSettings, TrainConfig
 from pipeline.names import ITERATION, MIOU_MSFLIP, VAL_METRICS
 from pipeline.training.checkpoints import load_checkpoint_state, report_checkpoint, restore_rng_state
-from pipeline.training.evaluation import eval_shape, evaluate, finish, static_cost
+from pipeline.training.evaluation import class_metrics, eval_shape, evaluate, finish, static_cost
 from pipeline.training.ingest import ValShards
 from pipeline.training.sessions import (
     TrialSession,
@@ -66,6 +66,8 @@ def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSessio
                 metrics |= evaluated
             if logger and metrics:
                 logger.log_metrics({k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}, iteration)
+            if logger and values:
+                logger.log_metrics(class_metrics(values, manifest), iteration)
             if final and session.rank == 0:
                 metrics |= finish(logger, model, values, examples, evidence, manifest, config, session.device)
             if iteration % schedule.checkpoint_interval == 0 or final:
