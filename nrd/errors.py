@@ -28,7 +28,8 @@ class UnknownNameError(NRDBenchError, ValueError):
         self.kind = kind
         self.name = name
         self.valid = sorted(valid)
-        close = difflib.get_close_matches(str(name), self.valid, n=1)
+        same_but_case = [valid for valid in self.valid if valid.lower() == str(name).lower()]
+        close = same_but_case or difflib.get_close_matches(str(name), self.valid, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         listing = f"valid: {', '.join(self.valid)}" if self.valid else "there is none to choose from"
         super().__init__(f"unknown {kind} {name!r}{hint}; {listing}")

@@ -538,6 +538,8 @@ def test_intervals_group_repeats_and_front_probability_is_certain_where_dominanc
     assert main([*pair, "key-best", "nrd/resnet18"]) == 2  # every configuration here is nrd/resnet18
     error = capsys.readouterr().err
     assert "'nrd/resnet18' matches several configurations" in error and "key-worse" in error
+    assert main([*pair, "--metric", "miou", "key-best", "key-worse"]) == 2  # named by compare's own flag
+    assert "unknown --metric metric 'miou' (did you mean 'mIoU'?)" in capsys.readouterr().err
 
 
 def test_runs_of_several_sweeps_or_none_put_the_front_on_one_reused_pareto_run(tmp_path, capsys):

@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resamples is not None and args.resamples < 1:
         raise InvalidHyperparameterError("nrd-bench compare", "--resamples", args.resamples, "a positive integer")
     uri = resolve_tracking_uri(args.tracking_uri)
-    groups = collect_runs(uri, args.experiment, args.parent_run, args.dataset, args.cost, args.metric)
+    groups = collect_runs(
+        uri, args.experiment, args.parent_run, args.dataset, args.cost, args.metric, flags=("--cost", "--metric")
+    )
     if len(groups) > 1:
         raise InvalidHyperparameterError("nrd-bench compare", "--dataset", None, f"one of {sorted(groups)}")
     front = interval_front(next(iter(groups.values())), args.resamples or RESAMPLES)

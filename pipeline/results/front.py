@@ -132,6 +132,7 @@ def collect_runs(
     y: str = MIOU,
     *,
     page_size: int = 1000,
+    flags: tuple[str, str] = ("--x", "--y"),
 ) -> dict[str, DatasetRuns]:
     """The finished training runs of an experiment (or of a parent run's children, see ``read_catalogue``), grouped
     by their ``dataset`` tag (only ``dataset`` when given) and ranked on ``x`` (minimised) and ``y`` (maximised).
@@ -140,8 +141,8 @@ def collect_runs(
     Raises ``UnknownNameError`` for an unknown experiment, parent run, data set, or an x/y metric that no finished
     run has (listing the ones that exist), and ``NoFinishedRunsError`` when nothing has finished."""
     catalogue = read_catalogue(tracking_uri, experiment, parent_run_id, dataset, page_size=page_size)
-    for axis, name in (("x", x), ("y", y)):
-        catalogue.require_metric(name, f"--{axis} metric")
+    for flag, name in zip(flags, (x, y), strict=True):  # the command's own flags, in the error
+        catalogue.require_metric(name, f"{flag} metric")
     groups: dict[str, DatasetRuns] = {}
     for name in catalogue.datasets():
         runs = catalogue.of_dataset(name)
