@@ -125,13 +125,12 @@ class FilePairDataset(SegmentationDataset):
         image_path, label_path = sample.image_path, sample.label_path
         if label_path is None:
             raise MissingPairError(image_path, f"{self.info.name} lists this image without a label (unlabelled split)")
-        for path, what, partner in ((image_path, "image", label_path), (label_path, "label", image_path)):
+        pair = ((image_path, "image", "label", label_path), (label_path, "label", "image", image_path))
+        for path, what, partner_kind, partner in pair:
             if path.is_dir():
                 raise MissingPairError(path, f"is a folder; expected the {what} file of {partner}")
             if not path.is_file():
-                raise MissingPairError(
-                    path, f"{what} not found for {'label' if what == 'image' else 'image'} {partner}"
-                )
+                raise MissingPairError(path, f"{what} not found for {partner_kind} {partner}")
         image_bytes = image_path.read_bytes()
         height, width = decode_image(image_bytes, image_path).shape[:2]
         raw = self.read_label(label_path)

@@ -64,10 +64,9 @@ def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSessio
             if iteration % schedule.eval_interval == 0 or final:
                 values, examples, evidence, evaluated = validate(model, val_data, config, manifest, session, iteration)
                 metrics |= evaluated
-            if logger and metrics:
-                logger.log_metrics({k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}, iteration)
-            if logger and values:
-                logger.log_metrics(class_metrics(values, manifest), iteration)
+            if logger and metrics:  # the per-class IoUs go to MLflow only, in the same request
+                logged = {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}
+                logger.log_metrics(logged | (class_metrics(values, manifest) if values else {}), iteration)
             if final and session.rank == 0:
                 metrics |= finish(logger, model, values, examples, evidence, manifest, config, session.device)
             if iteration % schedule.checkpoint_interval == 0 or final:
