@@ -14,10 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nrd.data.base import IGNORE_INDEX
+from nrd.constants import IGNORE_INDEX, TRIMAP_WIDTHS
 from nrd.errors import InvalidHyperparameterError, NRDBenchError
 
-TRIMAP_WIDTHS = (1, 2, 4, 8, 16, 32)
 BOUNDARY_DILATION_RATIO = 0.02
 
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from nrd.constants import IGNORE_INDEX
 from nrd.errors import NRDBenchError
-
-IGNORE_INDEX = 255
 
 
 class DataError(NRDBenchError, ValueError):

@@ -1,7 +1,9 @@
 """The ``nrd-bench`` command line. Each sub-command lives in ``pipeline/commands/<name>.py`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``handler`` (a function of the parsed args returning an
 exit code). Handlers get the top-level ``parser`` and ``run_command`` (this ``main``) in their args, so that no
-command imports this module back (``submit`` checks its entrypoint with the parser, ``demo`` runs ``pareto``)."""
+command imports this module back (``submit`` checks its entrypoint with the parser, ``demo`` runs ``pareto``).
+Command modules import only the standard library and light modules (``nrd.constants``, ``nrd.errors``) at the top,
+torch, Ray and MLflow in their handlers, so that ``--help`` is quick; tests/test_cli.py checks that."""
 
 from __future__ import annotations
 

@@ -5,19 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
-from nrd import DECODERS, ENCODERS, create_model
-from nrd.cost import LEVELS, measure_cost, measure_latency
+from nrd.constants import DECODER_NAMES, ENCODER_NAMES
 from nrd.errors import InvalidHyperparameterError
 from pipeline.commands.common import decoder_args, parse_key_value, parse_size
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model-defining flags shared by the commands that build a model."""
-    parser.add_argument("--decoder", default="nrd", help=f"one of: {', '.join(DECODERS)} (default: nrd)")
+    parser.add_argument("--decoder", default="nrd", help=f"one of: {', '.join(DECODER_NAMES)} (default: nrd)")
     parser.add_argument(
-        "--encoder", default="resnet50_v1c", help=f"one of: {', '.join(ENCODERS)} (default: resnet50_v1c)"
+        "--encoder", default="resnet50_v1c", help=f"one of: {', '.join(ENCODER_NAMES)} (default: resnet50_v1c)"
     )
     parser.add_argument("--num-classes", type=int, default=19, help="number of classes K (default: 19)")
     parser.add_argument(
@@ -61,6 +58,8 @@ def register(subparsers) -> None:
 
 def check_device(name: str) -> None:
     """``name`` is ``cpu``, or ``cuda``/``cuda:N`` with that GPU present on this machine."""
+    import torch
+
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
@@ -76,6 +75,9 @@ def check_device(name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nrd import create_model  # importing torch takes seconds: only when run, not for --help
+    from nrd.cost import LEVELS, measure_cost, measure_latency
+
     if args.batch_size < 1:
         raise InvalidHyperparameterError("nrd-bench cost", "--batch-size", args.batch_size, "a positive integer")
     if args.repeats < 1:
@@ -113,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_table(result: dict) -> str:
+    from nrd.cost import LEVELS
+
     model = result["model"]
     shape = "x".join(map(str, result["input"]))
     if result["padded_input"] != result["input"]:

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from nrd.data import DATASETS, create_dataset, prepare_shards
+from nrd.constants import DATASET_NAMES
 from nrd.errors import InvalidHyperparameterError, UnknownNameError
 from pipeline.commands.common import output_folder
 from pipeline.values import SWEEP_NAME_EXPECTED, is_folder_name
@@ -34,7 +34,9 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument("--workdir", type=Path, default=Path("demo"), help="folder for everything (default ./demo)")
-    parser.add_argument("--dataset", default="synthetic", help=f"one of: {', '.join(DATASETS)} (default synthetic)")
+    parser.add_argument(
+        "--dataset", default="synthetic", help=f"one of: {', '.join(DATASET_NAMES)} (default synthetic)"
+    )
     parser.add_argument("--data-root", type=Path, help="the data set's official layout (not for synthetic)")
     parser.add_argument("--space", type=Path, default=SMOKE_SPACE, help="search space (default tune_spaces/smoke.yaml)")
     parser.add_argument("--name", default="smoke", help="sweep name (default smoke)")
@@ -43,8 +45,8 @@ def register(subparsers) -> None:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    if args.dataset not in DATASETS:
-        raise UnknownNameError("dataset", args.dataset, DATASETS)
+    if args.dataset not in DATASET_NAMES:
+        raise UnknownNameError("dataset", args.dataset, DATASET_NAMES)
     if args.dataset == "synthetic" and args.data_root is not None:
         raise InvalidHyperparameterError("nrd-bench demo", "--data-root", str(args.data_root), "none for synthetic")
     if args.dataset != "synthetic" and args.data_root is None:
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_in(args: argparse.Namespace, workdir: Path, space: Path, data_root: Path | None) -> int:
+    from nrd.data import create_dataset, prepare_shards
     from pipeline.search.tune import tune
 
     os.chdir(workdir)  # MLflow's artifacts (mlartifacts/) and Ray Tune's files land in the demo's folder

@@ -6,8 +6,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from nrd.constants import INFERENCE_MODES
 from nrd.errors import InvalidHyperparameterError, UnknownNameError
-from nrd.inference import MODES
 from pipeline.commands.common import parse_size
 
 
@@ -55,7 +55,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--input", type=Path, required=True, metavar="IMG_OR_DIR", help="an image or a folder")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for labels/ and overlays/")
-    parser.add_argument("--mode", default="whole", help=f"inference mode, one of {', '.join(MODES)} (default whole)")
+    parser.add_argument(
+        "--mode", default="whole", help=f"inference mode, one of {', '.join(INFERENCE_MODES)} (default whole)"
+    )
     parser.add_argument(
         "--crop-size",
         type=parse_size,
@@ -74,8 +76,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.results import predict
 
-    if args.mode not in MODES:
-        raise UnknownNameError("inference mode", args.mode, MODES)
+    if args.mode not in INFERENCE_MODES:
+        raise UnknownNameError("inference mode", args.mode, INFERENCE_MODES)
     if args.run_id and args.config:
         raise InvalidHyperparameterError("nrd-bench predict", "--config", str(args.config), "no --config with --run-id")
     device = predict.resolve_device(args.device)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from nrd.data import DATASETS, create_dataset, prepare_shards
-from nrd.data.synthetic import DEFAULT_NUM_SAMPLES
+from nrd.constants import DATASET_NAMES
 from nrd.errors import InvalidHyperparameterError
 from pipeline.commands.common import output_folder, parse_size
 
@@ -30,7 +29,7 @@ def register(subparsers) -> None:
             "train-id labels) with a manifest.json. Rerun the same command to resume an interrupted run."
         ),
     )
-    parser.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
+    parser.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASET_NAMES)}")
     parser.add_argument("--root", help="folder of the dataset's official layout (not for synthetic)")
     parser.add_argument("--out", required=True, help="output folder for the shards and manifest.json")
     parser.add_argument("--splits", default="train,val", help="comma-separated splits (default: train,val)")
@@ -53,6 +52,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nrd.data import create_dataset, prepare_shards  # importing torch takes seconds: only when run
+    from nrd.data.synthetic import DEFAULT_NUM_SAMPLES
+
     options = {key: getattr(args, key) for key in SYNTHETIC_FLAGS if getattr(args, key) is not None}
     if args.dataset == "synthetic":
         if args.root is not None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from pipeline.commands.common import decoder_args, parse_key_value, parse_size
-from pipeline.config import ALIASES, TrainConfig, check_sections, nest
 from pipeline.values import load_yaml, merge
+
+if TYPE_CHECKING:
+    from pipeline.config import TrainConfig
 
 
 def register(subparsers) -> None:
@@ -89,6 +92,8 @@ def register(subparsers) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """--config, then the flags (``pipeline.config.ALIASES``: flag dest → setting), then --decoder-arg values."""
+    from pipeline.config import ALIASES, TrainConfig, check_sections, nest  # imports torch: only when run
+
     source = args.config or "command line"
     config = load_yaml(args.config) if args.config else {}
     check_sections(config, source)
