@@ -205,7 +205,7 @@ def test_predictions_reproduce_the_metrics_training_logged(two_worker_run, shard
     logged = MlflowClient(uri).get_run(run_id).data.metrics
     by_run = ["predict", "--run-id", run_id, "--tracking-uri", uri, "--input", str(images)]
     assert main([*by_run, "--out", str(tmp_path / "by_run")]) == 0
-    checkpoints = sorted((two_worker_run["root"] / "results" / "two").glob("checkpoint_*/model.pt"))
+    checkpoints = sorted((two_worker_run["root"] / "results" / "two").glob("checkpoint_*/state.pt"))
     by_weights = ["predict", "--weights", str(checkpoints[-1]), "--input", str(images)]
     assert main([*by_weights, "--out", str(tmp_path / "by_weights")]) == 0
     assert capsys.readouterr().out.count("palette:  dataset manifest") == 2

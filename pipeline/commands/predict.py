@@ -40,7 +40,7 @@ def register(subparsers) -> None:
         type=Path,
         metavar="FILE",
         help="state dict written by training: the MLflow artifact weights/model.pt, or a run directory's "
-        "checkpoint_*/model.pt",
+        "checkpoint_*/state.pt (its model entry)",
     )
     source.add_argument("--run-id", metavar="ID", help="MLflow run whose config.yaml and weights/model.pt to use")
     parser.add_argument(

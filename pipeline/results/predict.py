@@ -1,8 +1,8 @@
 """Label maps and colour overlays of a trained model on new images (``nrd-bench predict``).
 
 A model is a resolved ``config.yaml`` (written beside every training run and logged to its MLflow run) plus a state
-dict (``model.pt``: the run's MLflow artifact ``weights/model.pt``, or the one in a checkpoint folder of the run
-directory). Images are prepared exactly as training's evaluation prepares the val split (``ValTransform`` of
+dict (the run's MLflow artifact ``weights/model.pt``, or a checkpoint's ``state.pt`` in the run directory, whose
+``model`` entry is read). Images are prepared exactly as training's evaluation prepares the val split (``ValTransform`` of
 ``pipeline.training.ingest.decode_val``: ImageNet normalisation at the original size, or resized to fit the run's
 ``data.test_scale`` when it has one, zero padding to a multiple of 32) and predicted with one of
 ``nrd.inference.MODES`` through ``nrd.inference.predict_to_label`` (scores cropped back to the image) under bf16
@@ -68,7 +68,7 @@ class TrainedModel:
 
 
 def find_config(weights: Path) -> Path:
-    """The ``config.yaml`` beside ``weights`` or in its parent folder (a run directory's ``checkpoint_*/model.pt``,
+    """The ``config.yaml`` beside ``weights`` or in its parent folder (a run directory's ``checkpoint_*/state.pt``,
     downloaded MLflow artifacts ``weights/model.pt``); ``ConfigError`` naming both places when neither has one."""
     places = [weights.parent / CONFIG_FILE, weights.parent.parent / CONFIG_FILE]
     for place in places:
@@ -95,7 +95,11 @@ def load_trained_model(config_path: Path, weights: Path) -> TrainedModel:
         model_config = replace(model_config, num_classes=manifest["num_classes"])
     config = replace(config, model=model_config)
     if not weights.is_file():
-        raise DataError(weights, "weights file not found; expected a state dict written by nrd-bench train (model.pt)")
+        raise DataError(
+            weights,
+            "weights file not found; expected a state dict written by nrd-bench train (weights/model.pt, or a "
+            "checkpoint's state.pt)",
+        )
     model = model_config.build()
     try:
         load_encoder_weights(model, weights)

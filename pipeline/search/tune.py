@@ -9,7 +9,10 @@ trials early on it. Several (e.g. maximise mIoU, minimise GMACs): Optuna's multi
 stopping.
 
 Re-running with the same ``--name`` (or ``--resume``) continues a sweep: finished trials are not rerun and their
-child runs are found again rather than duplicated (each trial keeps its MLflow run id beside its checkpoints).
+child runs are found again rather than duplicated (each trial keeps its MLflow run id beside its checkpoints). A
+trial whose process dies (a preempted node, a crash) is restarted by Tune up to ``run.max_failures`` times (of the
+sweep's config, e.g. ``fixed: {run.max_failures: 2}``; -1: no limit) from its last checkpoint, into the same child
+run; Tune keeps the newest ``CHECKPOINTS_KEPT`` checkpoints of each trial.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from pipeline.names import (
 )
 from pipeline.resolve import check_model, resolve
 from pipeline.search.spaces import VARIANTS_KEY, SearchSpace, load_space
-from pipeline.training.checkpoints import read_result
+from pipeline.training.checkpoints import CHECKPOINTS_KEPT, read_result
 from pipeline.training.cluster import start_ray
 from pipeline.training.run import train
 from pipeline.training.tracking import open_run, resolve_tracking_uri
@@ -114,7 +117,7 @@ def trial_config(
         "run.name": trial_id,
         "run.storage_path": str(Path(sweep["directory"]) / "trials"),
         "run.tracking_uri": sweep["tracking_uri"],  # the driver's, resolved: a trial's working directory is elsewhere
-        "run.max_failures": 0,
+        "run.max_failures": 0,  # a trial's own TorchTrainer: Tune restarts the whole trial (sweep_run_config)
     }
     # The base holds the fixed values already; those of the decoder's hyperparameters go again, since the trial's
     # decoder may differ from the base's (updated drops the hyperparameters of another decoder).
@@ -233,6 +236,22 @@ def tune_config(space: SearchSpace):
     )
 
 
+def sweep_run_config(name: str, storage: Path, base_config: TrainConfig):
+    """Tune's run settings: a trial that fails (its process killed by a preemption, or a crash) is restarted up to
+    ``run.max_failures`` times from its last checkpoint (``TrialSession.checkpoint``); the restarted trial finds its
+    MLflow run again (the record beside its run folder) and logs no metric step twice (``RunLogger``). A
+    multi-worker trial's own TorchTrainer resumes from its own checkpoints, of which it keeps as many."""
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name,
+        storage_path=str(storage),
+        failure_config=tune.FailureConfig(max_failures=base_config.run.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+        verbose=1,
+    )
+
+
 def first_line(error: BaseException) -> str:
     """The first line of the innermost message of a trial's error (Ray wraps the trial's own exception)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -293,7 +312,7 @@ def tune(
             trainable,
             param_space=param_space(space),
             tune_config=tune_config(space),
-            run_config=ray_tune.RunConfig(name=name, storage_path=str(storage), verbose=1),
+            run_config=sweep_run_config(name, storage, base_config),
         )
     results = tuner.fit()
     close_stopped_trials(record, results)

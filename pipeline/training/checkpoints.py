@@ -1,5 +1,5 @@
-"""A run's state on disk: Ray checkpoints (full training state, random generators included), the run folder with
-its resolved config, final result and finished marker."""
+"""A run's state on disk: Ray checkpoints (the full training state, random generators included, in one file), the run
+folder with its resolved config, final result and finished marker."""
 
 from __future__ import annotations
 
@@ -16,8 +16,12 @@ import yaml
 
 from pipeline.config import ConfigError, TrainConfig
 from pipeline.files import write_atomic
-from pipeline.names import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS, CONFIG_FILE, FINISHED_MARKER, ITERATION, RESULT_FILE
+from pipeline.names import CHECKPOINT_STATE, CONFIG_FILE, FINISHED_MARKER, ITERATION, RESULT_FILE
 from pipeline.training.sessions import unwrap
+
+# Checkpoints Ray keeps per run (a TorchTrainer's) or per sweep trial (Tune's), the newest: the one before the last
+# remains should the last be cut short
+CHECKPOINTS_KEPT = 2
 
 
 def run_directory(config: TrainConfig) -> Path:
@@ -77,7 +81,9 @@ def load_checkpoint_state(checkpoint) -> dict[str, Any] | None:
 
 
 def report_checkpoint(session, model, optimizer, iteration: int, metrics: dict) -> None:
-    """Every worker reports (Ray needs the same number of reports from each); only rank 0 writes the files."""
+    """Every worker reports (Ray needs the same number of reports from each); only rank 0 writes the checkpoint: one
+    file, ``CHECKPOINT_STATE``, holding the model's state dict (its ``model`` entry, which ``nrd-bench predict
+    --weights`` reads too), the optimiser's, the iteration and the random generators."""
     reported = {ITERATION: iteration, **{k: v for k, v in metrics.items() if v is not None}}
     if session.rank != 0:
         session.report(reported)
@@ -89,6 +95,5 @@ def report_checkpoint(session, model, optimizer, iteration: int, metrics: dict) 
             "iteration": iteration,
             "rng": rng_state(),
         }
-        torch.save(state, Path(directory) / CHECKPOINT_STATE)
-        torch.save(unwrap(model).state_dict(), Path(directory) / CHECKPOINT_WEIGHTS)
+        torch.save(state, Path(directory) / CHECKPOINT_STATE)  # the weights once: no model.pt beside it
         session.report(reported, directory)
