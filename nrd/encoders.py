@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from nrd.errors import InvalidHyperparameterError, UnknownNameError, WeightsFileNotFoundError, WeightsMismatchError
+from nrd.weights import WeightsSpec, check_weights_spec, resolve_encoder_weights
 
 OUTPUT_STRIDES = (8, 16, 32)
 # Stage strides (layer1..layer4) and dilations per output stride; the first block of a dilated stage keeps the
@@ -230,13 +231,17 @@ _CLASSIFIER_PREFIXES = ("fc.",)
 _OPTIONAL_SUFFIX = "num_batches_tracked"
 
 
-def create_encoder(name: str, output_stride: int = 32, weights: str | os.PathLike | None = None) -> ResNet:
-    """Build encoder ``name`` (a key of ``ENCODERS``), optionally loading pretrained weights from a local file."""
+def create_encoder(name: str, output_stride: int = 32, weights: WeightsSpec = None) -> ResNet:
+    """Build encoder ``name`` (a key of ``ENCODERS``), optionally loading pretrained weights: a local file, a name
+    (``imagenet``) or URL resolved through the cache (downloaded once), or a mapping encoder → one of those
+    (``nrd.weights``)."""
     if name not in ENCODERS:
         raise UnknownNameError("encoder", name, ENCODERS)
+    check_weights_spec(weights, ENCODERS, "create_encoder")
+    path = resolve_encoder_weights(weights, name, source="create_encoder")
     encoder = ENCODERS[name](output_stride=output_stride)
-    if weights is not None:
-        load_encoder_weights(encoder, weights)
+    if path is not None:
+        load_encoder_weights(encoder, path)
     return encoder
 
 

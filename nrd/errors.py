@@ -55,3 +55,37 @@ class WeightsFileNotFoundError(NRDBenchError, FileNotFoundError):
     def __init__(self, path: str):
         self.path = path
         super().__init__(f"weights file not found: {path}")
+
+
+class WeightsUnavailableError(NRDBenchError, FileNotFoundError):
+    """Named pretrained weights that cannot be had on this machine: no file in the cache and nowhere to download
+    it from (an encoder with no published file in our key layout). The message says which file to put where."""
+
+    def __init__(self, message: str, path: str):
+        self.path = path
+        super().__init__(message)
+
+
+class WeightsDownloadError(NRDBenchError, OSError):
+    """A weights download that failed (no network, refused, HTTP error). The message names the URL, the cache file
+    it was meant for and how to put that file there by hand, so that offline machines can still use the name."""
+
+    def __init__(self, url: str, path: str, reason: object):
+        self.url = url
+        self.path = path
+        super().__init__(
+            f"cannot download encoder weights from {url} ({reason}); expected file: {path}. Offline, download that "
+            f"URL on a machine with network and copy the file there by hand under this name (or point "
+            f"NRD_BENCH_CACHE at a folder whose encoders/ holds it)"
+        )
+
+
+class WeightsChecksumError(NRDBenchError, ValueError):
+    """A weights file whose SHA-256 does not start with the prefix its published name carries: a corrupted cache
+    entry or a wrong download. The file is never loaded."""
+
+    def __init__(self, path: str, expected: str, found: str, detail: str):
+        self.path = path
+        self.expected = expected
+        self.found = found
+        super().__init__(f"{path}: SHA-256 starts with {found}, expected {expected}; {detail}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +15,9 @@ from torch import nn
 
 from nrd.decoders import DECODERS, Decoder
 from nrd.decoders.common import FCNAuxHead
-from nrd.encoders import ResNet, create_encoder
+from nrd.encoders import ENCODERS, ResNet, create_encoder
 from nrd.errors import InvalidHyperparameterError, UnknownNameError
+from nrd.weights import WeightsSpec, check_weights_spec
 
 SIZE_DIVISOR = 32
 
@@ -78,13 +78,14 @@ def create_model(
     *,
     output_stride: int | None = None,
     aux_head: bool = True,
-    encoder_weights: str | os.PathLike | None = None,
+    encoder_weights: WeightsSpec = None,
     **decoder_kwargs: Any,
 ) -> SegmentationModel:
     """Build a segmentation model.
 
     ``decoder``/``encoder`` are keys of ``DECODERS``/``ENCODERS``; ``output_stride`` defaults to the decoder's own
-    (32, or 8 for the dilated DeepLabV3); ``encoder_weights`` is a local torchvision-layout checkpoint;
+    (32, or 8 for the dilated DeepLabV3); ``encoder_weights`` is a local torchvision-layout checkpoint, a name
+    (``imagenet``) or URL resolved through the cache, or a mapping encoder → one of those (``nrd.weights``);
     ``decoder_kwargs`` are that decoder's hyperparameters (see ``decoder_arguments``).
     """
     if decoder not in DECODERS:
@@ -117,7 +118,7 @@ class ModelConfig:
     num_classes: int = 19
     output_stride: int | None = None
     aux_head: bool = True
-    encoder_weights: str | None = None
+    encoder_weights: str | Mapping[str, str | None] | None = None  # see nrd.weights; resolved when built
     decoder_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def build(self) -> SegmentationModel:
@@ -140,13 +141,16 @@ class ModelConfig:
                 raise UnknownNameError(f"key in {source}", key, valid)
         values = dict(data)
         types = {"decoder": (str,), "encoder": (str,), "num_classes": (int,), "aux_head": (bool,)}
-        types |= {"output_stride": (int, type(None)), "encoder_weights": (str, type(None))}
+        types |= {"output_stride": (int, type(None))}
         for key, value in values.items():
             expected = types.get(key)
             wrong_bool = isinstance(value, bool) and bool not in (expected or ())
             if expected and (not isinstance(value, expected) or wrong_bool):
                 names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in expected)
                 raise InvalidHyperparameterError(source, key, value, f"a value of type {names}")
+        check_weights_spec(values.get("encoder_weights"), ENCODERS, source)
+        if isinstance(values.get("encoder_weights"), Mapping):
+            values["encoder_weights"] = dict(values["encoder_weights"])
         kwargs = values.get("decoder_kwargs")
         if kwargs is not None and not isinstance(kwargs, Mapping):
             raise InvalidHyperparameterError(source, "decoder_kwargs", kwargs, "a mapping ARG: VALUE")
@@ -157,4 +161,6 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["decoder_kwargs"] = dict(self.decoder_kwargs)
+        if isinstance(self.encoder_weights, Mapping):
+            values["encoder_weights"] = dict(self.encoder_weights)
         return values

@@ -4,6 +4,7 @@ built on the meta device, so that bad settings fail before any worker starts."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 
 from nrd.data import read_manifest
 from nrd.data.verify import verify_shards
+from nrd.weights import resolve_encoder_weights
 from pipeline.config import FROM_DATA, ConfigError, TrainConfig
 
 
@@ -61,9 +63,18 @@ def resolve(config: TrainConfig) -> tuple[TrainConfig, dict]:
 
 def check_model(config: TrainConfig) -> TrainConfig:
     """Drop an auxiliary head no loss uses (DDP would be left with parameters that get no gradient), and build the
-    model on the meta device so that unknown names and invalid hyperparameters fail before any worker starts."""
+    model on the meta device so that unknown names and invalid hyperparameters fail before any worker starts.
+
+    ``model.encoder_weights`` is resolved for the encoder without downloading (``nrd.weights``): a mapping that
+    lacks the encoder, a name with no published file and none in the cache, a cached file with the wrong SHA-256
+    fail here; a local or cached file is loaded (keys and shapes checked); a file still to download is left to the
+    workers, which fetch it into their cache when they build the model."""
     if config.schedule.aux_weight == 0 and config.model.aux_head:
         config = replace(config, model=replace(config.model, aux_head=False))
-    with torch.device("meta"):
-        config.model.build()
+    model = config.model
+    weights = resolve_encoder_weights(model.encoder_weights, model.encoder, download=False, source="model")
+    with torch.device("meta"), warnings.catch_warnings():
+        # a file's keys and shapes are checked; copying its values into meta tensors is the no-op wanted here
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter", category=UserWarning)
+        replace(model, encoder_weights=weights).build()
     return config

@@ -33,6 +33,10 @@ decoders that have no such argument, without repeating those decoders)::
 
     space:
       variants: {grid: [{model.decoder: nrd}, {model.decoder: nrd, nrd.static_base: true}, {model.decoder: bilinear}]}
+
+``model.encoder_weights`` (``nrd.weights``: ``imagenet``, a URL, a path, or per encoder) is checked, without any
+download, against every encoder a trial can get; a mapping encoder → weights is a fixed value (under ``fixed``, or as
+``model.encoder_weights.<encoder>`` keys there).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import torch
 
 from nrd import DECODERS, ENCODERS, ModelConfig
 from nrd.errors import InvalidHyperparameterError, NRDBenchError, UnknownNameError
+from nrd.weights import check_weights_spec, resolve_encoder_weights
 from pipeline.config import ConfigError, TrainConfig, canonical_key, field_default, nest
 from pipeline.names import OBJECTIVE_METRICS
 from pipeline.values import convert_value, load_yaml, merge
@@ -60,6 +65,7 @@ TRIAL_DRIVER_CPUS = 0.01  # a multi-worker trial's own process, which starts its
 DATA_CPUS = 1.0  # what Ray Data needs free besides the trials: its file-listing task asks for a whole CPU
 MODES = ("max", "min")
 VARIANTS_KEY = "variants"  # a grid of mappings applied whole (see the module docstring)
+WEIGHTS_KEY = "model.encoder_weights"  # a name, URL, path, or mapping encoder → one (nrd.weights)
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,10 @@ class SearchSpace:
         """Nested training-config overrides for one trial: fixed values, then the sampled ones; decoder
         hyperparameters of other decoders than the trial's are dropped."""
         values = {**self.fixed, **sampled}
+        if not sampled and "model.encoder" not in values and self.trial_encoders():
+            # the sweep's base: every trial draws its encoder, so check the base with one a trial gets (its
+            # encoder_weights may not cover the default encoder)
+            values["model.encoder"] = self.trial_encoders()[0]
         nested = nest(values, values.get("model.decoder", ModelConfig().decoder))
         schedule = nested.setdefault("schedule", {})
         schedule.setdefault("iterations", self.search.iterations)
@@ -115,6 +125,48 @@ class SearchSpace:
         for key, value in self.search.resources.items():
             scaling.setdefault(key, value)
         return nested
+
+    def trial_encoders(self) -> list[str]:
+        """The encoders the space draws for its trials (empty when it does not vary the encoder)."""
+        return _drawn_encoders(self.space)
+
+
+def _drawn_encoders(space: Mapping[str, tuple[str, Any]]) -> list[str]:
+    kind, arguments = space.get("model.encoder", (None, None))
+    if kind in ("choice", "grid"):
+        return list(arguments)
+    if kind == "fixed":
+        return [arguments]
+    variants = space.get(VARIANTS_KEY, ("grid", []))[1]
+    if variants and all("model.encoder" in variant for variant in variants):
+        return [variant["model.encoder"] for variant in variants]
+    return []
+
+
+def _weights_in(values: Mapping[str, Any]) -> tuple[bool, Any]:
+    """Whether flat ``values`` set ``encoder_weights``, and to what (whole, or per encoder as dotted keys)."""
+    if WEIGHTS_KEY in values:
+        return True, values[WEIGHTS_KEY]
+    entries = {key.split(".", 2)[2]: value for key, value in values.items() if key.startswith(f"{WEIGHTS_KEY}.")}
+    return bool(entries), entries or None
+
+
+def _check_weights_per_encoder(path: str, fixed: Mapping[str, Any], space: Mapping[str, tuple[str, Any]]) -> None:
+    """Every encoder a trial can get against the ``encoder_weights`` it gets, without downloading: a mapping that
+    lacks the encoder, or a name with no published file for it and none in the cache, fails here, not in a trial."""
+    encoders = _drawn_encoders({k: v for k, v in space.items() if k != VARIANTS_KEY})
+    encoders = encoders or [fixed.get("model.encoder", ModelConfig().encoder)]
+    kind, arguments = space.get(WEIGHTS_KEY, (None, None))
+    specs = list(arguments) if kind in ("choice", "grid") else [arguments] if kind else [_weights_in(fixed)[1]]
+    pairs = [(encoder, spec) for encoder in encoders for spec in specs]
+    if VARIANTS_KEY in space:
+        pairs = []
+        for variant in space[VARIANTS_KEY][1]:
+            sets_weights, spec = _weights_in(variant)
+            for encoder in [variant["model.encoder"]] if "model.encoder" in variant else encoders:
+                pairs += [(encoder, spec)] if sets_weights else [(encoder, other) for other in specs]
+    for encoder, spec in pairs:
+        resolve_encoder_weights(spec, encoder, download=False, source=f"{path}: {WEIGHTS_KEY} for {encoder}")
 
 
 def _error(path: str, key: str, problem: str) -> ConfigError:
@@ -126,6 +178,8 @@ def _check_value(path: str, key: str, value: Any) -> None:
     checks = {"model.decoder": DECODERS, "model.encoder": ENCODERS}
     if key in checks and value not in checks[key]:
         raise UnknownNameError(f"{key.split('.')[1]} in {path} ({key})", value, checks[key])
+    if key == WEIGHTS_KEY or key.startswith(f"{WEIGHTS_KEY}."):  # the whole value, or one encoder's entry
+        check_weights_spec(value if key == WEIGHTS_KEY else {key.split(".", 2)[2]: value}, ENCODERS, f"{path}")
     default = field_default(key)
     if default is not None:
         try:
@@ -274,11 +328,14 @@ def load_space(path: str | os.PathLike, available_cpus: float | None = None) -> 
             space[key] = _variants(path, spec)
             continue
         dotted = canonical_key(key, path)
+        if dotted == WEIGHTS_KEY and isinstance(spec, Mapping) and not set(spec) & set(DISTRIBUTIONS):
+            raise _error(path, dotted, "a mapping encoder: weights is a fixed value; put it under fixed")
         space[dotted] = _distribution(path, dotted, spec) if isinstance(spec, Mapping) else ("fixed", spec)
         if space[dotted][0] == "fixed":
             _check_value(path, dotted, spec)
     if not space:
         raise _error(path, "space", "nothing varies; expected at least one key with a distribution")
+    _check_weights_per_encoder(path, fixed, space)
     if search.seeds > 1 and ("schedule.seed" in space or "schedule.seed" in fixed):
         raise _error(path, "schedule.seed", "set by search.seeds (repeats get seeds 0..seeds-1); remove one of them")
     return SearchSpace(path=path, search=search, fixed=fixed, space=space)
