@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -106,6 +107,8 @@ class RunSettings:
     tracking_uri: str | None = None
     experiment: str = "nrd-bench"
     tracking_timeout: float = 300.0  # seconds the end of a run waits for an unreachable MLflow before giving up
+    log_model: bool = False  # the final network as an MLflow model too (else `pareto --register` logs the front's)
+    system_metrics: bool = False  # MLflow's system-metrics monitor (CPU, memory, GPU): the [system-metrics] extra
 
 
 NOT_IN_CONFIG_KEY = ("seed", "log_interval", "checkpoint_interval")  # schedule settings repeats may differ in
@@ -279,6 +282,11 @@ class TrainConfig:
             raise ConfigError(f"{source}: data.dataset_dir is empty; expected the output folder of nrd-bench prepare")
         require(self.run.max_failures >= -1, source, "run.max_failures", self.run.max_failures, ">= -1 (-1: no limit)")
         require(self.run.tracking_timeout >= 0, source, "run.tracking_timeout", self.run.tracking_timeout, ">= 0")
+        if self.run.system_metrics and importlib.util.find_spec("psutil") is None:
+            raise ConfigError(
+                f"{source}: run.system_metrics is true but psutil, which MLflow's system-metrics monitor needs, is not "
+                "installed; install the extra (pip install -e '.[system-metrics]') or set run.system_metrics: false"
+            )
         if "://" in self.run.storage_path:
             raise ConfigError(
                 f"{source}: run.storage_path={self.run.storage_path!r} is a URI; expected a folder path. The run's "

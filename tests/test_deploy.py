@@ -115,7 +115,8 @@ def test_the_image_installs_what_the_makefile_installs_in_the_same_order():
     assert len(make) == 2 and make[0][0].startswith("torch==") and make[1][0] == "-e"  # the Makefile as read
     assert len(docker) == 2
     assert docker[0] == make[0]  # the same torch pin, first
-    assert docker[1] in (make[1], [word.replace("[dev]", "") for word in make[1]])  # the project, dev extras optional
+    # the project: its dev extras optional, the system-metrics extra in the image (the cluster spaces monitor)
+    assert docker[1] in (make[1], [word.replace("[dev]", "[system-metrics]") for word in make[1]])
 
 
 def test_the_base_image_carries_the_pinned_torch_that_pyproject_accepts():

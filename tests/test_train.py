@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import re
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -32,6 +34,7 @@ from nrd.metrics import SegmentationMetrics  # noqa: E402
 from pipeline.commands.cli import main  # noqa: E402
 from pipeline.config import TrainConfig  # noqa: E402
 from pipeline.names import CONFIG_KEY_TAG  # noqa: E402
+from pipeline.training.lineage import find_logged_model  # noqa: E402
 from pipeline.training.loop import learning_rate  # noqa: E402
 from pipeline.training.sessions import prepare_network  # noqa: E402
 
@@ -93,8 +96,10 @@ def two_worker_run(request, shards, tmp_path_factory) -> dict:
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, redirect_stdout(printed), redirect_stderr(printed):
         patch.chdir(tmp_path)  # MLflow's artifact folder goes to the working directory
+        lineage = tmp_path / "lineage.yaml"  # the MLflow model and system metrics at the end of training too
+        lineage.write_text(yaml.safe_dump({"run": {"log_model": True, "system_metrics": True}}))
         args = train_args(shards, tmp_path, "--workers", "2", "--cpus-per-worker", "0.5", "--name", "two")
-        code = main([*args, "--eval-msflip"])
+        code = main([*args, "--eval-msflip", "--config", str(lineage)])
     assert code == 0, printed.getvalue()[-3000:]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = json.loads((tmp_path / "results" / "two" / "mlflow_run.json").read_text())["run_id"]
@@ -166,6 +171,26 @@ def test_two_workers_train_and_leave_a_complete_mlflow_record(two_worker_run, sh
     with Image.open(client.download_artifacts(run_id, pictures[0].path, str(tmp_path / "download"))) as picture:
         assert picture.width == 3 * picture.height  # image | label | prediction
 
+    # Lineage: the shards as the run's datasets, pictures as MLflow images at each evaluation, both workers'
+    # system metrics, and the network as an MLflow model that plain MLflow loads (the same logits)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    inputs = {item.dataset.name: item.dataset for item in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["synthetic-train", "synthetic-val"]
+    for split in ("train", "val"):
+        shard_hashes = "\n".join(shard["sha256"] for shard in manifest["splits"][split]["shards"])
+        assert inputs[f"synthetic-{split}"].digest == hashlib.sha256(shard_hashes.encode()).hexdigest()[:32]
+    images = [Path(a.path).name.split("+") for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
+    assert sorted(int(parts[2]) for parts in images if parts[0] == "val_0") == [30, 60], images
+    for rank in (0, 1):
+        assert f"system/rank{rank}/cpu_utilization_percentage" in run.data.metrics, sorted(run.data.metrics)
+    logged = find_logged_model(two_worker_run["uri"], run_id)
+    assert logged.tags["decoder"] == "deeplabv3plus" and logged.tags["dataset"] == "synthetic"
+    mlflow.set_tracking_uri(two_worker_run["uri"])  # plain MLflow finds models through its global URI
+    loaded = mlflow.pytorch.load_model(logged.model_uri)
+    batch = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(loaded(batch), network.eval()(batch), atol=1e-4)
+
     # The last checkpoint holds the whole training state
     checkpoints = sorted(path for path in (tmp_path / "results" / "two").glob("checkpoint_*") if path.is_dir())
     state = torch.load(checkpoints[-1] / "state.pt", map_location="cpu", weights_only=True)
@@ -220,6 +245,18 @@ def test_predictions_reproduce_the_metrics_training_logged(two_worker_run, shard
     assert result["mIoU"] == logged["mIoU"]  # the same pixels predicted, the same counts: exactly equal
     assert result["aAcc"] == logged["aAcc"] and result["mBIoU"] == logged["mBIoU"]
     assert result["trimap_mIoU"]["4"] == logged["trimap_mIoU_4px"]
+
+    # registered as the front of its experiment, loaded by its alias with plain MLflow: the labels predict wrote
+    pareto = ["pareto", "--experiment", "test-train", "--tracking-uri", uri, "--no-intervals", "--register", "two"]
+    assert main([*pareto, "--out", str(tmp_path / "pareto")]) == 0
+    capsys.readouterr()
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.pytorch.load_model("models:/two@pareto-synthetic")
+    prepared = ShardDataset(shards, "val", transform=ValTransform(ValTransformConfig()))  # normalised, padded to 32
+    for name, (image, _) in zip(ids, prepared, strict=True):  # both in manifest order
+        with torch.no_grad(), Image.open(tmp_path / "by_run" / "labels" / f"{name}.png") as written:
+            label = loaded(image[None]).argmax(1)[0][: written.height, : written.width]
+            assert (label.numpy() == np.asarray(written)).all()
 
     assert main([*by_run, "--mode", "msflip", "--out", str(tmp_path / "msflip")]) == 0
     msflip = evaluate_json(tmp_path / "msflip" / "labels", labels, capsys)

@@ -84,7 +84,9 @@ def check_sweep(tracking_uri, parent_id, tmp_path, capsys, decoders: list[str], 
         assert (run.info.status == "KILLED") == (run.data.tags.get("stopped_early") == "true")
     for run in finished:
         assert {"mIoU", "gmacs_model", "loss"} <= set(run.data.metrics)
-        assert {"config.yaml", "weights"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "weights", "images"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        datasets = sorted(item.dataset.name for item in run.inputs.dataset_inputs)  # the shards, as MLflow datasets
+        assert datasets == ["synthetic-train", "synthetic-val"]
 
     out = tmp_path / "pareto"
     capsys.readouterr()

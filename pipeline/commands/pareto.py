@@ -63,6 +63,16 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--no-tag", action="store_true", help="leave MLflow untouched: no run tags, no artifacts (local files only)"
     )
+    parser.add_argument(
+        "--register",
+        metavar="NAME",
+        help=(
+            "register every front run's MLflow model as a version of registered model NAME (logging it from the "
+            "run's config and weights where training did not), with aliases pareto-<dataset> (the most accurate "
+            "front model) and pareto-<dataset>-1..n (the front by increasing cost); load one with "
+            "mlflow.pytorch.load_model('models:/NAME@pareto-<dataset>')"
+        ),
+    )
     parser.set_defaults(handler=run)
 
 
@@ -71,6 +81,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resamples is not None and args.resamples < 1:
         raise InvalidHyperparameterError("nrd-bench pareto", "--resamples", args.resamples, "a positive integer")
+    if args.register is not None:
+        from pipeline.results.register import check_name
+
+        check_name(args.register)
+        if args.no_tag:
+            raise InvalidHyperparameterError(
+                "nrd-bench pareto", "--register", args.register, "no --no-tag with it (registering writes to MLflow)"
+            )
     uri = resolve_tracking_uri(args.tracking_uri)
     with output_folder("nrd-bench pareto", "--out", args.out) as out:
         return report_fronts(args, uri, out.absolute())
@@ -110,11 +128,18 @@ def report_fronts(args: argparse.Namespace, uri: str, out: Path) -> int:
         logged_to = publish.log_reports(scope, files, sweep_run)
         links = publish.ui_links(scope, logged_to, [path for path in files if path.suffix == ".png"], bool(sweep_run))
         publish.summarize(groups, fronts, logged_to, links, bool(sweep_run))
+    registered = []
+    if args.register:
+        from pipeline.results.register import register_fronts
+
+        registered = register_fronts(groups, args.register)
     if args.json:
         result = pareto.to_json(groups)
         for name, front in fronts.items():
             result[name]["intervals"] = front.to_dict()
             result[name]["learning_curves"] = curves[name].to_dict()
+        if args.register:
+            result["registered"] = {"name": args.register, "versions": [vars(model) for model in registered]}
         print(json.dumps(result, indent=2))
         return 0
     for name, runs in groups.items():
@@ -140,4 +165,9 @@ def report_fronts(args: argparse.Namespace, uri: str, out: Path) -> int:
         )
         print("in the MLflow UI" + ("" if scope.tracking_uri.startswith("http") else " (run `mlflow ui` first)") + ":")
         print("\n".join(f"  {name}: {address}" for name, address in links.items()))
+    for model in registered:
+        print(
+            f"registered {model.run_name} ({model.dataset}) as {args.register} version {model.version}, aliases "
+            f"{', '.join(model.aliases)}: mlflow.pytorch.load_model('models:/{args.register}@{model.aliases[0]}')"
+        )
     return 0

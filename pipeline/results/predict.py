@@ -2,10 +2,10 @@
 
 A model is a resolved ``config.yaml`` (written beside every training run and logged to its MLflow run) plus a state
 dict (the run's MLflow artifact ``weights/model.pt``, or a checkpoint's ``state.pt`` in the run directory, whose
-``model`` entry is read). Images are prepared exactly as training's evaluation prepares the val split (``ValTransform`` of
-``pipeline.training.ingest.decode_val``: ImageNet normalisation at the original size, or resized to fit the run's
-``data.test_scale`` when it has one, zero padding to a multiple of 32) and predicted with one of
-``nrd.inference.MODES`` through ``nrd.inference.predict_to_label`` (scores cropped back to the image) under bf16
+``model`` entry is read). Images are prepared exactly as training's evaluation prepares the val split
+(``ValTransform`` of ``pipeline.training.ingest.decode_val``: ImageNet normalisation at the original size, or
+resized to fit the run's ``data.test_scale`` when it has one, zero padding to a multiple of 32) and predicted with
+one of ``nrd.inference.MODES`` through ``nrd.inference.predict_to_label`` (scores cropped back to the image) under bf16
 autocast on CUDA (as training evaluates there) and fp32 elsewhere, so ``whole`` reproduces training's evaluation pixel
 for pixel.
 

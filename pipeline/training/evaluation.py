@@ -9,6 +9,7 @@ import functools
 import io
 import math
 import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from pipeline.names import (
 )
 from pipeline.training.pictures import prediction_figure
 from pipeline.training.sessions import unwrap
+from pipeline.training.tracking import TrackingError
 
 LATENCY_REPEATS = 10  # timed forward passes of the trained model at the evaluation size (after one untimed)
 
@@ -118,6 +120,16 @@ def static_cost(network: torch.nn.Module, shape: tuple[int, int, int, int]) -> d
     return dict(_static_cost(network, shape))
 
 
+def log_pictures(logger, examples: list, manifest: dict, step: int) -> None:
+    """Rank 0's pictures of this evaluation as MLflow images ``val_<i>`` at ``step`` (the UI's image grid shows
+    how the predictions change over training)."""
+    with tempfile.TemporaryDirectory() as directory:
+        for index, (image, label, prediction) in enumerate(examples):
+            path = Path(directory) / f"val_{index}.png"
+            path.write_bytes(prediction_figure(image, label, prediction, manifest))
+            logger.log_image(path, f"val_{index}", step)
+
+
 def finish(
     logger, model, values: dict, examples: list, evidence: tuple, manifest: dict, config: TrainConfig, device
 ) -> dict:
@@ -151,4 +163,25 @@ def finish(
         weights = Path(directory) / CHECKPOINT_WEIGHTS
         torch.save(network.state_dict(), weights)
         logger.log_artifact(str(weights), WEIGHTS_ARTIFACT_DIR)
+    if config.run.log_model:
+        log_final_model(logger, network, config, manifest)
     return cost
+
+
+def log_final_model(logger, network: torch.nn.Module, config: TrainConfig, manifest: dict) -> None:
+    """The network as the run's MLflow model. MLflow away or refusing: said on stderr, training still succeeds
+    (the weights went through the buffering logger; ``nrd-bench pareto --register`` logs the model from them)."""
+    from pipeline.training.lineage import log_model
+
+    logger.flush()
+    try:
+        log_model(
+            logger.tracking_uri,
+            logger.run_id,
+            network,
+            config.to_dict(),
+            manifest["dataset"],
+            config.schedule.iterations,
+        )
+    except TrackingError as error:
+        print(f"{config.run.name}: the MLflow model was not logged ({error})", file=sys.stderr)

@@ -17,10 +17,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from PIL import Image
 
 from nrd.errors import UnknownNameError
 from pipeline.training.tracking import (
@@ -33,6 +35,7 @@ from pipeline.training.tracking import (
 )
 
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+FILE_OPS = ("log_artifact", "log_image")  # ops whose file is copied beside the buffer when MLflow is away
 RECORD_KEYS = ("seq", "tracking_uri", "run_id", "op", "payload")
 PAYLOAD_KEYS = {
     "log_params": ("params",),
@@ -40,6 +43,7 @@ PAYLOAD_KEYS = {
     "log_metrics": ("metrics", "step", "timestamp"),
     "log_artifact": ("path", "artifact_path"),
     "log_text": ("text", "artifact_file"),
+    "log_image": ("path", "key", "step", "timestamp"),
     "set_terminated": ("status", "end_time"),
 }
 
@@ -109,15 +113,17 @@ class RunLogger:
         """Set run tags (values stored as strings); a tag set again takes the new value."""
         self._submit("set_tags", {"tags": {key: str(value) for key, value in tags.items()}})
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int) -> dict[str, float]:
         """Log metric values at ``step``. Keys already logged at this step or a later one are dropped, so an
-        attempt that redoes iterations after its last checkpoint does not log them twice."""
+        attempt that redoes iterations after its last checkpoint does not log them twice. Returns what was
+        logged (or queued)."""
         step = int(step)
         self._drain()
         fresh = {key: float(value) for key, value in metrics.items() if step > self._steps.get(key, step - 1)}
         if fresh:
             self._steps.update(dict.fromkeys(fresh, step))
             self._submit("log_metrics", {"metrics": fresh, "step": step, "timestamp": _now_ms()})
+        return fresh
 
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Upload a file into the run's artifacts (under the folder ``artifact_path`` when given)."""
@@ -125,6 +131,13 @@ class RunLogger:
         if not path.is_file():
             raise TrackingError(f"log_artifact: {path} is not a file")
         self._submit("log_artifact", {"path": str(path), "artifact_path": artifact_path})
+
+    def log_image(self, local_path: str | os.PathLike, key: str, step: int) -> None:
+        """Log the PNG at ``local_path`` as image ``key`` at ``step`` (MLflow's image grid, one slider per key)."""
+        path = Path(local_path).absolute()
+        if not path.is_file():
+            raise TrackingError(f"log_image: {path} is not a file")
+        self._submit("log_image", {"path": str(path), "key": key, "step": int(step), "timestamp": _now_ms()})
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Store ``text`` as the artifact ``artifact_file`` (a path inside the run's artifacts)."""
@@ -214,7 +227,7 @@ class RunLogger:
         self._history_read = True
 
     def _buffer(self, record: dict) -> None:
-        if record["op"] == "log_artifact":  # the original may be a temporary file: keep a copy
+        if record["op"] in FILE_OPS:  # the original may be a temporary file: keep a copy
             copy = _artifacts_dir(self.buffer_path) / str(record["seq"]) / Path(record["payload"]["path"]).name
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(record["payload"]["path"], copy)
@@ -306,6 +319,10 @@ def _apply(client: MlflowClient, record: dict, base_dir: Path, logged_steps: dic
             counts["skipped_metric_values"] += len(payload["metrics"]) - len(metrics)
         elif op == "log_artifact":
             client.log_artifact(run_id, str(base_dir / payload["path"]), payload["artifact_path"])
+        elif op == "log_image":
+            with Image.open(base_dir / payload["path"]) as image:
+                pixels = np.asarray(image.convert("RGB"))
+            client.log_image(run_id, pixels, key=payload["key"], step=payload["step"], timestamp=payload["timestamp"])
         elif op == "log_text":
             client.log_text(run_id, payload["text"], payload["artifact_file"])
         else:
@@ -348,7 +365,7 @@ def _record_problem(record: object, base_dir: Path) -> str | None:
     needed = PAYLOAD_KEYS[record["op"]]
     if not isinstance(record["payload"], dict) or any(key not in record["payload"] for key in needed):
         return f"the payload of {record['op']} needs the keys {', '.join(needed)}"
-    if record["op"] == "log_artifact" and not (base_dir / record["payload"]["path"]).is_file():
+    if record["op"] in FILE_OPS and not (base_dir / record["payload"]["path"]).is_file():
         return f"the artifact file {base_dir / record['payload']['path']} is missing"
     return None
 

@@ -21,7 +21,7 @@ from nrd.losses import segmentation_loss
 from pipeline.config import ConfigError, ScheduleSettings, TrainConfig
 from pipeline.names import ITERATION, MIOU_MSFLIP, VAL_METRICS
 from pipeline.training.checkpoints import load_checkpoint_state, report_checkpoint, restore_rng_state
-from pipeline.training.evaluation import class_metrics, eval_shape, evaluate, finish, static_cost
+from pipeline.training.evaluation import class_metrics, eval_shape, evaluate, finish, log_pictures, static_cost
 from pipeline.training.ingest import ValShards
 from pipeline.training.sessions import (
     TrialSession,
@@ -50,6 +50,7 @@ def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSessio
     )
     window = LossWindow(schedule, iteration)
     model.train()
+    monitor = start_system_metrics(config, loop_config, session)
     while iteration < schedule.iterations:
         epoch_start = iteration
         for batch in train_batches(train_data, config, session.device):
@@ -66,7 +67,9 @@ def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSessio
                 metrics |= evaluated
             if logger and metrics:  # the per-class IoUs go to MLflow only, in the same request
                 logged = {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}
-                logger.log_metrics(logged | (class_metrics(values, manifest) if values else {}), iteration)
+                fresh = logger.log_metrics(logged | (class_metrics(values, manifest) if values else {}), iteration)
+                if fresh and examples:  # not again when a resumed attempt redoes this evaluation
+                    log_pictures(logger, examples, manifest, iteration)
             if final and session.rank == 0:
                 metrics |= finish(logger, model, values, examples, evidence, manifest, config, session.device)
             if iteration % schedule.checkpoint_interval == 0 or final:
@@ -74,7 +77,29 @@ def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSessio
             elif iteration % schedule.eval_interval == 0:  # evaluations reach Tune's schedulers too
                 session.report({ITERATION: iteration, **metrics})
         require_progress(iteration, epoch_start, session.rank, config)
+    if monitor is not None:
+        monitor.finish()
     close_logger(logger, config)
+
+
+def start_system_metrics(config: TrainConfig, loop_config: dict[str, Any], session):
+    """With ``run.system_metrics``: MLflow's system-metrics monitor (CPU, memory, disk, network, GPU when present)
+    in this worker, sampling every 10 s into ``system/...`` metrics (``system/rank<N>/...`` with several workers),
+    continuing the steps of an earlier attempt. None without it."""
+    if not config.run.system_metrics:
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    node = f"rank{session.rank}" if session.world > 1 else None
+    try:
+        monitor = SystemMetricsMonitor(
+            loop_config["run_id"], resume_logging=True, node_id=node, tracking_uri=loop_config["tracking_uri"]
+        )
+    except Exception as error:  # MLflow away at the start: training goes on without the monitor, and says so
+        print(f"[rank {session.rank}] system metrics not monitored: {type(error).__name__}: {error}", flush=True)
+        return None
+    monitor.start()
+    return monitor
 
 
 def learning_rate(iteration: int, schedule: ScheduleSettings) -> float:

@@ -17,11 +17,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nrd.errors import NRDBenchError
 from pipeline.config import TrainConfig
 from pipeline.names import CONFIG_FILE, DRIVER_BUFFER, ERROR_TAG, ERROR_TAG_CHARS, RUN_BUFFER
-from pipeline.training.checkpoints import refuse_finished, run_directory, write_config, write_result
+from pipeline.training.checkpoints import (
+    CHECKPOINTS_KEPT,
+    refuse_finished,
+    run_directory,
+    write_config,
+    write_result,
+)
 from pipeline.training.cluster import check_cluster, start_ray
 from pipeline.training.ingest import build_datasets
+from pipeline.training.lineage import log_datasets
 from pipeline.training.loop import train_loop
 from pipeline.training.sessions import TrialSession
 from pipeline.training.tracking import TrackingUnavailableError, start_tracking
@@ -47,6 +55,7 @@ def train(
     refuse_finished(config, directory)
     check_cluster(config, can_grow=start_ray(address), in_tune_trial=in_tune_trial)
     record = start_tracking(config, manifest, directory, parent_run_id, extra_tags, run_name)
+    log_datasets(record["tracking_uri"], record["run_id"], manifest, config.data.dataset_dir)
     driver_logger = RunLogger(record["tracking_uri"], record["run_id"], str(directory / DRIVER_BUFFER))
     if in_tune_trial:  # the sweep ends the runs of trials that failed or were stopped (close_stopped_trials)
         return _train(config, manifest, directory, record, driver_logger, in_tune_trial)
@@ -102,6 +111,7 @@ def fit_trainer(config: TrainConfig, manifest: dict, loop_config: dict[str, Any]
     trial. Returns the last reported metrics."""
     import ray.train
     from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.exceptions import TrainingFailedError
 
     scaling = config.scaling
     callbacks = None
@@ -123,13 +133,20 @@ def fit_trainer(config: TrainConfig, manifest: dict, loop_config: dict[str, Any]
             name=config.run.name,
             storage_path=config.run.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             callbacks=callbacks,
         ),
         datasets=build_datasets(config, manifest),
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    return dict(trainer.fit().metrics or {})
+    try:
+        return dict(trainer.fit().metrics or {})
+    except TrainingFailedError as error:  # a bad input a worker found (weights it cannot get): that one line
+        for failure in getattr(error, "worker_failures", {}).values():
+            cause = getattr(failure, "cause", None) or failure
+            if isinstance(cause, NRDBenchError):
+                raise cause from error
+        raise
 
 
 def end_tracking(driver_logger, worker_buffer: Path, config: TrainConfig, directory: Path) -> None:
