@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from pipeline.commands.cli import main  # noqa: E402
 from pipeline.names import CONFIG_KEY_TAG, KIND_SWEEP, KIND_TAG  # noqa: E402
 from pipeline.search.spaces import load_space  # noqa: E402
-from pipeline.search.tune import ASHA, tune_config  # noqa: E402
+from pipeline.search.tune import ASHA, param_space, progress_reporter, tune_config  # noqa: E402
 
 RUNG = 16  # ASHA_SPACE's grace_period
 EVAL_INPUT = "1x3x64x64"  # the input size the trials' cost is counted at: batch 1, RGB, the 64x64 val images
@@ -142,7 +142,9 @@ def sweep(space: Path, shards: Path, tmp_path: Path, tracking_uri: str, name: st
         *extra,
     ]
     assert main(args) == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["parent_run_id"]
+    printed = capsys.readouterr().out
+    (tmp_path / f"{name}.out").write_text(printed)  # Tune's live table, for the tests that read it
+    return json.loads(printed.strip().splitlines()[-1])["parent_run_id"]
 
 
 # ------------------------------------------------------------------------------------------------- tune_config
@@ -167,6 +169,26 @@ def test_tune_config_picks_optuna_for_several_objectives_asha_or_fifo_for_one(tm
 
     fifo = tune_config(load_space(write_space(tmp_path, "nrd, bilinear")))
     assert fifo.scheduler is None and fifo.search_alg is None and (fifo.metric, fifo.mode) == ("mIoU", "max")
+
+
+def test_the_live_table_names_parameters_short_and_shows_the_objectives(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "search: {objectives: {mIoU: max}, scheduler: fifo, num_samples: 2, seeds: 2}\n"
+        "space:\n  variants: {grid: [{model.decoder: nrd, nrd.static_base: true}, {model.decoder: bilinear}]}\n"
+        "  lr: {loguniform: [0.001, 0.1]}\n  encoder: {grid: [resnet18, resnet34]}\n"
+    )
+    reporter = progress_reporter(load_space(space))
+    assert reporter._parameter_columns == {  # where each value sits in a trial's Tune config: see param_space
+        "variants/model.decoder": "decoder",
+        "variants/nrd.static_base": "static_base",
+        "sampled/schedule.lr": "lr",
+        "model.encoder": "encoder",
+        "schedule.seed": "seed",
+    }
+    assert list(reporter._metric_columns.values()) == ["iter", "loss", "mIoU", "GMACs"]
+    config = param_space(load_space(space))
+    assert set(config) == {"variants", "sampled", "model.encoder", "schedule.seed"}
 
 
 def test_seeds_repeat_each_draw_with_the_same_values(tmp_path):
@@ -270,6 +292,10 @@ def test_multi_objective_sweep_and_pareto_on_an_mlflow_server(local_ray, shards,
     parent_id = sweep(space, shards, tmp_path, mlflow_server.uri, "e2e", capsys, "--experiment", "sweeps")
     objectives = {"mIoU": "max", "gmacs_model": "min"}
     (trial,) = check_sweep(mlflow_server.uri, parent_id, tmp_path, capsys, ["bilinear"], objectives)
+    table = (tmp_path / "e2e.out").read_text()  # Tune's live table: short parameter names, mIoU and GMACs
+    header = [line for line in table.splitlines() if "Trial name" in line][-1]  # the metrics come with results
+    assert re.search(r"\|\s+decoder\s+\|", header) and "GMACs" in header and "mIoU" in header, header
+    assert "model.decoder" not in header, header
 
     states = sorted((tmp_path / "results" / "e2e").glob("searcher-state-*.pkl"))
     assert states, f"no searcher state in {tmp_path / 'results' / 'e2e'}: Tune ran without a search algorithm"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -32,9 +33,11 @@ from pipeline.config import ConfigError, TrainConfig, canonical_key, is_decoder_
 from pipeline.names import (
     DRIVER_BUFFER,
     FINISHED_MARKER,
+    GMACS_MODEL,
     ITERATION,
     KIND_SWEEP,
     KIND_TAG,
+    MIOU,
     RUN_RECORD,
     STOPPED_EARLY_TAG,
     SWEEP_BUFFER,
@@ -236,7 +239,35 @@ def tune_config(space: SearchSpace):
     )
 
 
-def sweep_run_config(name: str, storage: Path, base_config: TrainConfig):
+# The live table's short names: parameters by their last part (nrd.static_base: static_base), and these metrics
+SHORT_METRICS = {ITERATION: "iter", "loss": "loss", MIOU: "mIoU", GMACS_MODEL: "GMACs"}
+
+
+def progress_reporter(space: SearchSpace):
+    """Tune's live table of trials: each searched setting under its short name, then the iteration, the loss, the
+    objectives (mIoU, GMACs) and the others the search optimises. Tune's newer output engine picks its own columns
+    (the first four metrics a trial reports, the full parameter names), so the sweep uses this reporter instead
+    (``RAY_AIR_NEW_OUTPUT=0``, unless the user set it)."""
+    from ray import tune
+
+    repeated = space.search.seeds > 1  # random values then sit under SAMPLED (param_space), the seed is an axis
+    keys = []
+    for key, (kind, arguments) in space.space.items():
+        if key == VARIANTS_KEY:  # a grid of mappings: a column per key of theirs
+            keys += [f"{key}/{name}" for name in dict.fromkeys(name for variant in arguments for name in variant)]
+        else:
+            keys.append(f"{SAMPLED}/{key}" if repeated and kind in RANDOM else key)
+    short = {}
+    for key in [*keys, *([SEED_KEY] if repeated else [])]:
+        name = key.rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+        short[key] = name if name not in short.values() else key.rsplit("/", 1)[-1]
+    metrics = dict(SHORT_METRICS) | {
+        metric: metric for metric in space.search.objectives if metric not in SHORT_METRICS
+    }
+    return tune.CLIReporter(parameter_columns=short, metric_columns=metrics, max_report_frequency=30)
+
+
+def sweep_run_config(name: str, storage: Path, base_config: TrainConfig, space: SearchSpace):
     """Tune's run settings: a trial that fails (its process killed by a preemption, or a crash) is restarted up to
     ``run.max_failures`` times from its last checkpoint (``TrialSession.checkpoint``); the restarted trial finds its
     MLflow run again (the record beside its run folder) and logs no metric step twice (``RunLogger``). A
@@ -248,6 +279,7 @@ def sweep_run_config(name: str, storage: Path, base_config: TrainConfig):
         storage_path=str(storage),
         failure_config=tune.FailureConfig(max_failures=base_config.run.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+        progress_reporter=progress_reporter(space),
         verbose=1,
     )
 
@@ -304,6 +336,7 @@ def tune(
     trainable = ray_tune.with_parameters(run_trial, space=space, base=base_config, manifest=manifest, sweep=record)
     trainable = ray_tune.with_resources(trainable, space.search.trial_resources())
     started = time.perf_counter()
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's live table from progress_reporter (see there)
     if ray_tune.Tuner.can_restore(str(directory)):
         print(f"resuming sweep {name} from {directory}", file=sys.stderr)
         tuner = ray_tune.Tuner.restore(str(directory), trainable=trainable, resume_errored=True)
@@ -312,7 +345,7 @@ def tune(
             trainable,
             param_space=param_space(space),
             tune_config=tune_config(space),
-            run_config=sweep_run_config(name, storage, base_config),
+            run_config=sweep_run_config(name, storage, base_config, space),
         )
     results = tuner.fit()
     close_stopped_trials(record, results)
