@@ -180,8 +180,7 @@ def test_the_live_table_names_parameters_short_and_shows_the_objectives(tmp_path
     )
     reporter = progress_reporter(load_space(space))
     assert reporter._parameter_columns == {  # where each value sits in a trial's Tune config: see param_space
-        "variants/model.decoder": "decoder",
-        "variants/nrd.static_base": "static_base",
+        "variants/model.decoder": "decoder",  # not static_base: only one variant sets it
         "sampled/schedule.lr": "lr",
         "model.encoder": "encoder",
         "schedule.seed": "seed",

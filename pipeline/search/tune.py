@@ -253,8 +253,10 @@ def progress_reporter(space: SearchSpace):
     repeated = space.search.seeds > 1  # random values then sit under SAMPLED (param_space), the seed is an axis
     keys = []
     for key, (kind, arguments) in space.space.items():
-        if key == VARIANTS_KEY:  # a grid of mappings: a column per key of theirs
-            keys += [f"{key}/{name}" for name in dict.fromkeys(name for variant in arguments for name in variant)]
+        if key == VARIANTS_KEY:  # a grid of mappings: a column per key all of them set (Tune's best-trial line
+            # looks every column up with no default: a key some variants lack would fail the sweep at its end)
+            names = dict.fromkeys(name for variant in arguments for name in variant)
+            keys += [f"{key}/{name}" for name in names if all(name in variant for variant in arguments)]
         else:
             keys.append(f"{SAMPLED}/{key}" if repeated and kind in RANDOM else key)
     short = {}
