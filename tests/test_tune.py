@@ -178,7 +178,11 @@ def test_the_live_table_names_parameters_short_and_shows_the_objectives(tmp_path
         "space:\n  variants: {grid: [{model.decoder: nrd, nrd.static_base: true}, {model.decoder: bilinear}]}\n"
         "  lr: {loguniform: [0.001, 0.1]}\n  encoder: {grid: [resnet18, resnet34]}\n"
     )
+    from ray.tune.utils.log import Verbosity, set_verbosity
+
+    set_verbosity(Verbosity.V1_EXPERIMENT)  # what an earlier sweep in this process leaves behind (tune.run sets it)
     reporter = progress_reporter(load_space(space))
+    assert reporter._print_intermediate_tables  # the table, in the second sweep of a process too
     assert reporter._parameter_columns == {  # where each value sits in a trial's Tune config: see param_space
         "variants/model.decoder": "decoder",  # not static_base: only one variant sets it
         "sampled/schedule.lr": "lr",

@@ -266,7 +266,11 @@ def progress_reporter(space: SearchSpace):
     metrics = dict(SHORT_METRICS) | {
         metric: metric for metric in space.search.objectives if metric not in SHORT_METRICS
     }
-    return tune.CLIReporter(parameter_columns=short, metric_columns=metrics, max_report_frequency=30)
+    # The table at every report and at the end, said here: left unset, Tune decides it from the process-wide
+    # verbosity, which the first sweep's tune.run lowers, so a second sweep in one process printed no table at all
+    return tune.CLIReporter(
+        parameter_columns=short, metric_columns=metrics, max_report_frequency=30, print_intermediate_tables=True
+    )
 
 
 def sweep_run_config(name: str, storage: Path, base_config: TrainConfig, space: SearchSpace):
