@@ -80,11 +80,17 @@ def load_checkpoint_state(checkpoint) -> dict[str, Any] | None:
         return torch.load(Path(directory) / CHECKPOINT_STATE, map_location="cpu", weights_only=True)
 
 
+def plain(value: Any) -> Any:
+    """A metric as a Python number (a NumPy or tensor scalar as ``.item()``): what ``weights_only`` loading reads."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def report_checkpoint(session, model, optimizer, iteration: int, metrics: dict) -> None:
     """Every worker reports (Ray needs the same number of reports from each); only rank 0 writes the checkpoint: one
     file, ``CHECKPOINT_STATE``, holding the model's state dict (its ``model`` entry, which ``nrd-bench predict
-    --weights`` reads too), the optimiser's, the iteration and the random generators."""
-    reported = {ITERATION: iteration, **{k: v for k, v in metrics.items() if v is not None}}
+    --weights`` reads too), the optimiser's, the iteration, the random generators and the metrics reported with it
+    (``reported``: a run killed after its last checkpoint reports its final result from there)."""
+    reported = {ITERATION: iteration, **{k: plain(v) for k, v in metrics.items() if v is not None}}
     if session.rank != 0:
         session.report(reported)
         return
@@ -94,6 +100,7 @@ def report_checkpoint(session, model, optimizer, iteration: int, metrics: dict) 
             "optimizer": optimizer.state_dict(),
             "iteration": iteration,
             "rng": rng_state(),
+            "reported": reported,
         }
         torch.save(state, Path(directory) / CHECKPOINT_STATE)  # the weights once: no model.pt beside it
         session.report(reported, directory)

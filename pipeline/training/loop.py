@@ -42,7 +42,7 @@ def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSessio
     manifest = loop_config["manifest"]
     session = session or WorkerSession()
     schedule = config.schedule
-    model, optimizer, iteration = start_or_resume(config, session)
+    model, optimizer, iteration, resumed = start_or_resume(config, session)
     logger = open_logger(loop_config, session)
     train_data, val_data = session.dataset("train"), ValShards(config, manifest)
     criterion = functools.partial(
@@ -77,6 +77,8 @@ def train_loop(loop_config: dict[str, Any], session: WorkerSession | TrialSessio
             elif iteration % schedule.eval_interval == 0:  # evaluations reach Tune's schedulers too
                 session.report({ITERATION: iteration, **metrics})
         require_progress(iteration, epoch_start, session.rank, config)
+    if resumed and resumed.get(ITERATION) == schedule.iterations:  # killed after its last checkpoint, before the
+        session.report(resumed)  # run's end: nothing left to train, its final result again (Tune's, the run's)
     if monitor is not None:
         monitor.finish()
     close_logger(logger, config)
@@ -118,9 +120,10 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def start_or_resume(config: TrainConfig, session) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
-    """The seeded model on its device (DDP-wrapped by Ray Train), its SGD optimiser and the iteration to start
-    from: 0, or the last checkpoint's, whose weights, optimiser state and (rank 0) random generators are restored."""
+def start_or_resume(config: TrainConfig, session) -> tuple[torch.nn.Module, torch.optim.Optimizer, int, dict]:
+    """The seeded model on its device (DDP-wrapped by Ray Train), its SGD optimiser, the iteration to start from
+    (0, or the last checkpoint's, whose weights, optimiser state and (rank 0) random generators are restored) and
+    the metrics reported with that checkpoint ({} without one)."""
     import ray
 
     rank, world, device, schedule = session.rank, session.world, session.device, config.schedule
@@ -146,7 +149,7 @@ def start_or_resume(config: TrainConfig, session) -> tuple[torch.nn.Module, torc
     )
     if state:
         optimizer.load_state_dict(state["optimizer"])
-    return model, optimizer, iteration
+    return model, optimizer, iteration, (state or {}).get("reported", {})
 
 
 def open_logger(loop_config: dict[str, Any], session):
