@@ -293,7 +293,13 @@ def test_parent_run_on_sqlite(sqlite_store, tmp_path, capsys):
     uri, store = sqlite_store
     out = tmp_path / "out"
     assert main(["pareto", "--parent-run", store["parent"], "--tracking-uri", uri, "--out", str(out), "--json"]) == 0
-    check_json(json.loads(capsys.readouterr().out), store)
+    report = json.loads(capsys.readouterr().out)
+    check_json(report, store)
+    for dataset in ("camvid", "cityscapes"):  # the run the front went to, and its links, as printed without --json
+        published = report[dataset]["mlflow"]
+        assert published["run_id"] == store["parent"]
+        assert published["links"]["run"].endswith(f"/#/experiments/{store['experiment_id']}/runs/{store['parent']}")
+        assert f"plot {dataset}_mIoU_vs_gmacs_model.png" in published["links"]
     client = MlflowClient(uri)
     check_tags(client, store)
     check_summary(client, store)

@@ -59,7 +59,12 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--no-intervals", action="store_true", help="the front of the point values only: no bootstrap, no repeats"
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object instead of the tables (per data set: the front, the points, the intervals, the "
+        "learning curves and the MLflow run the front went to, with its links)",
+    )
     parser.add_argument(
         "--no-tag", action="store_true", help="leave MLflow untouched: no run tags, no artifacts (local files only)"
     )
@@ -138,6 +143,8 @@ def report_fronts(args: argparse.Namespace, uri: str, out: Path) -> int:
         for name, front in fronts.items():
             result[name]["intervals"] = front.to_dict()
             result[name]["learning_curves"] = curves[name].to_dict()
+        for name in groups if logged_to else ():  # where the front went, as printed without --json
+            result[name]["mlflow"] = {"run_id": logged_to, "links": links}
         if args.register:
             result["registered"] = {"name": args.register, "versions": [vars(model) for model in registered]}
         print(json.dumps(result, indent=2))
