@@ -171,16 +171,17 @@ def test_tune_config_picks_optuna_for_several_objectives_asha_or_fifo_for_one(tm
     assert fifo.scheduler is None and fifo.search_alg is None and (fifo.metric, fifo.mode) == ("mIoU", "max")
 
 
-def test_the_live_table_names_parameters_short_and_shows_the_objectives(tmp_path):
+def test_the_live_table_names_parameters_short_and_shows_the_objectives(tmp_path, monkeypatch):
     space = tmp_path / "space.yaml"
     space.write_text(
         "search: {objectives: {mIoU: max}, scheduler: fifo, num_samples: 2, seeds: 2}\n"
         "space:\n  variants: {grid: [{model.decoder: nrd, nrd.static_base: true}, {model.decoder: bilinear}]}\n"
         "  lr: {loguniform: [0.001, 0.1]}\n  encoder: {grid: [resnet18, resnet34]}\n"
     )
-    from ray.tune.utils.log import Verbosity, set_verbosity
+    from ray.tune.utils import log
 
-    set_verbosity(Verbosity.V1_EXPERIMENT)  # what an earlier sweep in this process leaves behind (tune.run sets it)
+    # what an earlier sweep in this process leaves behind (tune.run sets it), put back after the test
+    monkeypatch.setattr(log, "verbosity", log.Verbosity.V1_EXPERIMENT)
     reporter = progress_reporter(load_space(space))
     assert reporter._print_intermediate_tables  # the table, in the second sweep of a process too
     assert reporter._parameter_columns == {  # where each value sits in a trial's Tune config: see param_space

@@ -143,8 +143,9 @@ def report_fronts(args: argparse.Namespace, uri: str, out: Path) -> int:
         for name, front in fronts.items():
             result[name]["intervals"] = front.to_dict()
             result[name]["learning_curves"] = curves[name].to_dict()
-        for name in groups if logged_to else ():  # where the front went, as printed without --json
-            result[name]["mlflow"] = {"run_id": logged_to, "links": links}
+        if logged_to:  # where the front went, as printed without --json
+            for name in groups:
+                result[name]["mlflow"] = {"run_id": logged_to, "links": links}
         if args.register:
             result["registered"] = {"name": args.register, "versions": [vars(model) for model in registered]}
         print(json.dumps(result, indent=2))
